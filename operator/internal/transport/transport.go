@@ -1,0 +1,182 @@
+// Package transport is the seam between the controllers and a host. The controllers
+// call one Transport and never know whether nio-agent (mTLS gRPC) or SSH ran the
+// operation; the result says which did.
+package transport
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+)
+
+// Action is what is done with a built system.
+type Action string
+
+// The actions nixos-rebuild knows.
+const (
+	ActionSwitch      Action = "switch"
+	ActionBoot        Action = "boot"
+	ActionTest        Action = "test"
+	ActionDryActivate Action = "dry-activate"
+	ActionBuild       Action = "build"
+)
+
+// Target is what the system to build is: a flake output, or a NixOS module file.
+// Exactly one of FlakeAttr and ModuleFile is set.
+type Target struct {
+	// FlakeDir is the flake's directory inside the source, relative ("." for the root).
+	FlakeDir string
+	// FlakeAttr is the name under nixosConfigurations.
+	FlakeAttr string
+	// ModuleFile is a NixOS module file inside the source, built with
+	// `-I nixos-config=<file>`.
+	ModuleFile string
+}
+
+// Source is a rendered source archive (deterministic tar.gz).
+type Source struct {
+	// Digest is "sha256:<hex>" of the archive bytes.
+	Digest string
+	// Size is the archive's length in bytes.
+	Size int64
+	// Open returns the archive's bytes from the start. It may be called more than
+	// once (a reconnect may need to resend), or not at all (the host holds the digest).
+	Open func() (io.ReadCloser, error)
+}
+
+// Phase names a step of an operation, as the agent reports it.
+type Phase string
+
+// EventKind tells which field of an Event is set.
+type EventKind int
+
+// Event kinds.
+const (
+	EventPhase EventKind = iota + 1
+	EventLog
+)
+
+// Event is one progress report of an operation.
+type Event struct {
+	Kind EventKind
+	// Sequence is the agent's event sequence number (0 over SSH).
+	Sequence uint64
+	Time     time.Time
+	// Phase is set for EventPhase.
+	Phase Phase
+	// Line is one line of output for EventLog.
+	Line string
+	// Stderr marks a log line that came from stderr.
+	Stderr bool
+}
+
+// ApplyRequest is one operation on a host.
+type ApplyRequest struct {
+	// OperationID identifies the operation; re-sending the same id after a broken
+	// connection attaches to the same operation instead of starting a second one.
+	OperationID string
+	// Commit the source was rendered from (recorded on the host).
+	Commit string
+	Action Action
+	Target Target
+	Source Source
+	// ConfirmTimeout > 0 asks for magic rollback: after activation the host waits
+	// this long for Confirm and rolls back without it.
+	ConfirmTimeout time.Duration
+	// OnAwaitingConfirm is called when the host has activated the system and waits
+	// for Confirm. The caller confirms with Transport.Confirm, which opens a new
+	// connection. When nil, the operation is not confirmed and rolls back.
+	OnAwaitingConfirm func(ctx context.Context, operationID string) error
+	// OnEvent receives progress events in order. Optional.
+	OnEvent func(Event)
+}
+
+// Outcome is how an operation ended.
+type Outcome string
+
+// Outcomes.
+const (
+	OutcomeSucceeded  Outcome = "Succeeded"
+	OutcomeFailed     Outcome = "Failed"
+	OutcomeRolledBack Outcome = "RolledBack"
+)
+
+// ApplyResult is the end of an operation that reached the host. Errors reaching the
+// host are returned as errors instead.
+type ApplyResult struct {
+	// Transport that ran the operation.
+	Transport nio.Transport
+	Outcome   Outcome
+	// Message says why it failed or rolled back.
+	Message string
+	// Generation is the system profile generation active afterwards.
+	Generation int64
+	// StorePath of the system the operation built.
+	StorePath string
+	// LogTail is the last lines of output, for events on failure.
+	LogTail []string
+	// SourceBytesSent counts archive bytes sent (0 when the host held the digest).
+	SourceBytesSent int64
+}
+
+// SystemStatus is what a host runs.
+type SystemStatus struct {
+	Transport     nio.Transport
+	CurrentSystem string
+	BootedSystem  string
+	Generation    int64
+	AgentVersion  string
+	// CertificateNotAfter is the agent's serving certificate expiry (agent only).
+	CertificateNotAfter time.Time
+	// Busy is true while an operation runs on the host.
+	Busy bool
+	// LastOperationID is the id of the running or last operation.
+	LastOperationID string
+}
+
+// ProbeResult says how a host can be reached.
+type ProbeResult struct {
+	// AgentReachable is true when the agent answered over mTLS.
+	AgentReachable bool
+	// AgentError says why the agent could not be reached.
+	AgentError error
+	// SSHReachable is true when an SSH session was established.
+	SSHReachable bool
+	// SSHError says why SSH could not be reached.
+	SSHError error
+	// SSHHostKeyFingerprint is the SHA256 fingerprint of the host key SSH saw.
+	SSHHostKeyFingerprint string
+	// AgentVersion when the agent answered.
+	AgentVersion string
+}
+
+// Transport reaches one host.
+type Transport interface {
+	// Apply runs an operation to its end and reports how it ended.
+	Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error)
+	// Status reports what the host runs.
+	Status(ctx context.Context) (SystemStatus, error)
+	// Facts returns the host's nixos-facter report (JSON).
+	Facts(ctx context.Context) ([]byte, error)
+	// Confirm keeps the system of an operation waiting for confirmation. It always
+	// uses a new connection.
+	Confirm(ctx context.Context, operationID string) error
+	// Probe checks which ways to the host work.
+	Probe(ctx context.Context) ProbeResult
+}
+
+// Errors the controllers tell apart.
+var (
+	// ErrUnreachable: the host could not be reached at all (dial or TLS failure).
+	// The fallback transport tries the next way on it.
+	ErrUnreachable = errors.New("host unreachable")
+	// ErrHostKeyMismatch: the SSH host key differs from the pinned or recorded one.
+	ErrHostKeyMismatch = errors.New("ssh host key mismatch")
+	// ErrBusy: another operation runs on the host.
+	ErrBusy = errors.New("host busy with another operation")
+	// ErrSudoPassword: the SSH user's sudo asks for a password.
+	ErrSudoPassword = errors.New("sudo requires a password")
+)
