@@ -195,7 +195,7 @@ type FactsSummary struct {
 	// System is the Nix system double, e.g. x86_64-linux.
 	// +optional
 	System string `json:"system,omitempty"`
-	// CPUs is the number of CPU entries in the report.
+	// CPUs is the number of logical CPUs (threads) the report lists.
 	// +optional
 	CPUs int32 `json:"cpus,omitempty"`
 	// MemoryBytes is the main memory size.

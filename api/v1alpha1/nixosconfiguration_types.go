@@ -221,6 +221,17 @@ type NixosConfigurationStatus struct {
 	// +optional
 	InstalledTime *metav1.Time `json:"installedTime,omitempty"`
 
+	// LastHandledReinstallAt is the value of the nio.homystack.com/reinstall
+	// annotation last acted on (each new value allows one more install).
+	// +optional
+	LastHandledReinstallAt string `json:"lastHandledReinstallAt,omitempty"`
+
+	// CurrentOperation is the operation in flight on the Machine. It is written before
+	// the operation starts, so an operator that restarts attaches to the same
+	// operation instead of starting a second build.
+	// +optional
+	CurrentOperation *OperationRef `json:"currentOperation,omitempty"`
+
 	// LastHandledRequestedAt is the value of the nio.homystack.com/requestedAt
 	// annotation last acted on.
 	// +optional
@@ -237,6 +248,20 @@ type NixosConfigurationStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// OperationRef identifies an operation in flight.
+type OperationRef struct {
+	// ID of the operation, as sent to the agent.
+	ID string `json:"id"`
+	// Commit being applied.
+	Commit string `json:"commit"`
+	// SourceDigest of the archive being applied.
+	SourceDigest string `json:"sourceDigest"`
+	// Action being performed.
+	Action string `json:"action"`
+	// StartTime is when the operation started.
+	StartTime metav1.Time `json:"startTime"`
 }
 
 // Result is how an operation ended.
@@ -270,6 +295,9 @@ type HistoryEntry struct {
 	// Generation of the system profile after the operation.
 	// +optional
 	Generation int64 `json:"generation,omitempty"`
+	// SourceDigest of the archive the operation applied.
+	// +optional
+	SourceDigest string `json:"sourceDigest,omitempty"`
 	// Message: the error on failure.
 	// +optional
 	Message string `json:"message,omitempty"`

@@ -1234,7 +1234,10 @@ type StatusResponse struct {
 	// Expiry of the agent's serving certificate.
 	CertificateNotAfter *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=certificate_not_after,json=certificateNotAfter,proto3" json:"certificate_not_after,omitempty"`
 	// The host's name as the kernel reports it.
-	Hostname      string `protobuf:"bytes,8,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Hostname string `protobuf:"bytes,8,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// True when the current system's kernel, initrd or kernel modules differ from the
+	// booted system's, so a reboot is needed to run all of it.
+	NeedsReboot   bool `protobuf:"varint,9,opt,name=needs_reboot,json=needsReboot,proto3" json:"needs_reboot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1323,6 +1326,13 @@ func (x *StatusResponse) GetHostname() string {
 		return x.Hostname
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetNeedsReboot() bool {
+	if x != nil {
+		return x.NeedsReboot
+	}
+	return false
 }
 
 // FactsRequest asks for a hardware report.
@@ -1880,7 +1890,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"store_path\x18\t \x01(\tR\tstorePath\x12)\n" +
 	"\x05phase\x18\n" +
-	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\xe8\x02\n" +
+	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\x8b\x03\n" +
 	"\x0eStatusResponse\x12%\n" +
 	"\x0ecurrent_system\x18\x01 \x01(\tR\rcurrentSystem\x12#\n" +
 	"\rbooted_system\x18\x02 \x01(\tR\fbootedSystem\x12\x1e\n" +
@@ -1891,7 +1901,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x0elast_operation\x18\x05 \x01(\v2\x1e.nio.agent.v1.OperationSummaryR\rlastOperation\x12\x12\n" +
 	"\x04busy\x18\x06 \x01(\bR\x04busy\x12N\n" +
 	"\x15certificate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\x12\x1a\n" +
-	"\bhostname\x18\b \x01(\tR\bhostname\"\x0e\n" +
+	"\bhostname\x18\b \x01(\tR\bhostname\x12!\n" +
+	"\fneeds_reboot\x18\t \x01(\bR\vneedsReboot\"\x0e\n" +
 	"\fFactsRequest\"0\n" +
 	"\rFactsResponse\x12\x1f\n" +
 	"\vreport_json\x18\x01 \x01(\fR\n" +

@@ -1,0 +1,390 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/homystack/nio/agent/internal/archive"
+	"github.com/homystack/nio/agent/internal/nixos"
+	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Apply implements AgentService. See proto/README.md for the protocol.
+func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	h := req.GetHeader()
+	if h == nil {
+		return status.Error(codes.InvalidArgument, "the first Apply message must be the header")
+	}
+	if err := validateHeader(h); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	op, attached, err := s.begin(h)
+	if err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	if attached {
+		s.log.Info("attach", "operation", op.id, "resume_after", h.GetResumeAfterSequence())
+		return op.follow(ctx, h.GetResumeAfterSequence(), stream.Send)
+	}
+
+	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
+	sent := make(chan error, 1)
+	go func() { sent <- op.follow(ctx, 0, stream.Send) }()
+
+	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
+	archivePath, known := s.cache.Path(h.GetSourceDigest())
+	if known {
+		op.agentLine("source " + h.GetSourceDigest() + " already held")
+	} else {
+		op.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_NeedSource{NeedSource: &agentv1.NeedSource{SourceDigest: h.GetSourceDigest()}}})
+		archivePath, err = s.receive(stream, h)
+		var streamErr *streamError
+		if errors.As(err, &streamErr) {
+			// The transfer broke, not the source: forget the operation so the
+			// operator's retry with the same id starts over instead of attaching
+			// to a failure it did not cause.
+			s.forget(op)
+			return streamErr.err
+		}
+		if err != nil {
+			s.fail(op, err.Error())
+			return <-sent
+		}
+	}
+	go s.execute(op, archivePath)
+	return <-sent
+}
+
+// begin registers a new operation, or finds the one to attach to.
+func (s *Server) begin(h *agentv1.ApplyHeader) (op *operation, attached bool, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if op := s.ops[h.GetOperationId()]; op != nil {
+		return op, true, nil
+	}
+	if s.draining {
+		return nil, false, errDraining
+	}
+	if s.running != nil && !s.running.done() {
+		return nil, false, status.Errorf(codes.Aborted, "operation %q is running; one operation at a time", s.running.id)
+	}
+	op = newOperation(h, time.Now())
+	s.ops[op.id] = op
+	s.order = append(s.order, op.id)
+	s.running = op
+	for len(s.order) > keptOperations {
+		delete(s.ops, s.order[0])
+		s.order = s.order[1:]
+	}
+	return op, false, nil
+}
+
+func (s *Server) forget(op *operation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ops, op.id)
+	for i, id := range s.order {
+		if id == op.id {
+			s.order = append(s.order[:i], s.order[i+1:]...)
+			break
+		}
+	}
+	if s.running == op {
+		s.running = nil
+	}
+}
+
+type streamError struct{ err error }
+
+func (e *streamError) Error() string { return e.err.Error() }
+
+// receive reads SourceChunks into the cache until the announced size (or the end of
+// the client's stream), verifying size and digest as it goes.
+func (s *Server) receive(stream agentv1.AgentService_ApplyServer, h *agentv1.ApplyHeader) (string, error) {
+	w, err := s.cache.Create(h.GetSourceDigest(), h.GetSourceSize())
+	if err != nil {
+		return "", err
+	}
+	defer w.Abort()
+	var n int64
+	for h.GetSourceSize() <= 0 || n < h.GetSourceSize() {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", &streamError{err}
+		}
+		chunk := req.GetChunk()
+		if chunk == nil {
+			return "", errors.New("expected a SourceChunk after NeedSource")
+		}
+		if _, err := w.Write(chunk.GetData()); err != nil {
+			return "", err
+		}
+		n += int64(len(chunk.GetData()))
+	}
+	return w.Commit()
+}
+
+func validateHeader(h *agentv1.ApplyHeader) error {
+	if h.GetOperationId() == "" {
+		return errors.New("operation_id is required")
+	}
+	if err := archive.ParseDigest(h.GetSourceDigest()); err != nil {
+		return err
+	}
+	switch h.GetAction() {
+	case agentv1.Action_ACTION_SWITCH, agentv1.Action_ACTION_BOOT, agentv1.Action_ACTION_TEST,
+		agentv1.Action_ACTION_DRY_ACTIVATE, agentv1.Action_ACTION_BUILD:
+	default:
+		return fmt.Errorf("unknown action %v", h.GetAction())
+	}
+	switch t := h.GetTarget().(type) {
+	case *agentv1.ApplyHeader_Flake:
+		if _, err := nixos.ToplevelAttrPath(t.Flake.GetAttr()); err != nil {
+			return err
+		}
+		if _, err := relPath(t.Flake.GetDir(), true); err != nil {
+			return fmt.Errorf("flake dir: %w", err)
+		}
+	case *agentv1.ApplyHeader_Module:
+		if _, err := relPath(t.Module.GetPath(), false); err != nil {
+			return fmt.Errorf("module path: %w", err)
+		}
+	default:
+		return errors.New("a flake or module target is required")
+	}
+	return nil
+}
+
+// relPath checks a path inside the source tree: relative, no "..", no characters
+// that change the meaning of a path: flake reference.
+func relPath(p string, allowRoot bool) (string, error) {
+	if p == "" && allowRoot {
+		p = "."
+	}
+	clean := path.Clean(p)
+	if p == "" || path.IsAbs(p) || clean == ".." || strings.HasPrefix(clean, "../") || strings.ContainsAny(p, "#?\x00") {
+		return "", fmt.Errorf("%q must be a relative path inside the source", p)
+	}
+	if clean == "." && !allowRoot {
+		return "", fmt.Errorf("%q must name a file", p)
+	}
+	return clean, nil
+}
+
+// opDir is the operation's private work directory; the id is hashed so any id is a
+// safe file name.
+func (s *Server) opDir(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return filepath.Join(s.cfg.StateDir, "ops", hex.EncodeToString(sum[:8]))
+}
+
+// keptSources is how many source archives the cache keeps; older ones are sent again
+// if ever needed.
+const keptSources = 16
+
+// pruneWorkDirs removes the work directories of earlier operations (only one runs at
+// a time). Their out-links are GC roots, so this also lets nix collect systems that
+// no profile generation holds.
+func (s *Server) pruneWorkDirs(op *operation) {
+	keep := filepath.Base(s.opDir(op.id))
+	entries, err := os.ReadDir(filepath.Join(s.cfg.StateDir, "ops"))
+	if err != nil {
+		s.log.Warn("prune work dirs", "err", err)
+		return
+	}
+	for _, e := range entries {
+		if e.Name() != keep {
+			if err := os.RemoveAll(filepath.Join(s.cfg.StateDir, "ops", e.Name())); err != nil {
+				s.log.Warn("prune work dir", "dir", e.Name(), "err", err)
+			}
+		}
+	}
+}
+
+func (s *Server) fail(op *operation, msg string) {
+	s.log.Warn("operation failed", "operation", op.id, "reason", msg)
+	current, _ := s.cfg.Executor.CurrentSystem()
+	gen, _ := s.cfg.Executor.Generation()
+	op.finish(&agentv1.ApplyResult{Outcome: agentv1.Outcome_OUTCOME_FAILED, Message: msg, Generation: gen, CurrentSystem: current}, s.writeRecord)
+}
+
+// execute runs the operation's steps. It does not depend on any Apply stream: a
+// dropped connection neither stops a build nor skips a rollback.
+func (s *Server) execute(op *operation, archivePath string) {
+	ctx := context.Background()
+	h := op.header
+	defer func() {
+		// A bug must not leave the agent busy forever with an operation that
+		// never ends.
+		if r := recover(); r != nil {
+			s.log.Error("operation panicked", "operation", op.id, "panic", fmt.Sprint(r))
+			s.fail(op, fmt.Sprintf("internal error: %v", r))
+		}
+	}()
+	s.writeRecord(op.snapshot())
+	s.pruneWorkDirs(op)
+	if err := s.cache.Prune(keptSources, archivePath); err != nil {
+		s.log.Warn("prune source cache", "err", err)
+	}
+
+	dir := s.opDir(op.id)
+	src := filepath.Join(dir, "src")
+	op.phase(agentv1.Phase_PHASE_UNPACKING, "")
+	if err := os.RemoveAll(dir); err != nil {
+		s.fail(op, fmt.Sprintf("clean work dir: %v", err))
+		return
+	}
+	if err := os.MkdirAll(src, 0o700); err != nil || os.Chmod(dir, 0o700) != nil {
+		s.fail(op, fmt.Sprintf("make work dir: %v", err))
+		return
+	}
+	if err := archive.Unpack(archivePath, src, s.cfg.MaxSourceBytes); err != nil {
+		s.fail(op, err.Error())
+		return
+	}
+
+	x := s.cfg.Executor
+	prevGen, err := x.Generation()
+	if err != nil {
+		s.fail(op, err.Error())
+		return
+	}
+	prevSystem, err := x.CurrentSystem()
+	if err != nil {
+		s.fail(op, err.Error())
+		return
+	}
+
+	var target nixos.Target
+	if f := h.GetFlake(); f != nil {
+		rel, _ := relPath(f.GetDir(), true)
+		target = nixos.Target{FlakeDir: filepath.Join(src, filepath.FromSlash(rel)), Attr: f.GetAttr()}
+	} else {
+		rel, _ := relPath(h.GetModule().GetPath(), false)
+		target = nixos.Target{ModuleFile: filepath.Join(src, filepath.FromSlash(rel))}
+	}
+	op.phase(agentv1.Phase_PHASE_BUILDING, "")
+	out, err := x.Build(ctx, target, filepath.Join(dir, "result"), op.logLine)
+	if err != nil {
+		s.fail(op, fmt.Sprintf("build failed: %v", err))
+		return
+	}
+	op.agentLine("built " + out)
+
+	action := h.GetAction()
+	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_BOOT {
+		op.phase(agentv1.Phase_PHASE_SETTING_PROFILE, out)
+		if err := x.SetProfile(ctx, out, op.logLine); err != nil {
+			s.fail(op, fmt.Sprintf("set system profile: %v", err))
+			return
+		}
+	}
+	if action != agentv1.Action_ACTION_BUILD {
+		op.phase(agentv1.Phase_PHASE_ACTIVATING, actionWord(action))
+		if err := x.Activate(ctx, out, actionWord(action), op.logLine); err != nil {
+			s.rollBack(ctx, op, prevGen, prevSystem)
+			s.finishWith(op, agentv1.Outcome_OUTCOME_FAILED, fmt.Sprintf("activation failed: %v", err), out, action != agentv1.Action_ACTION_DRY_ACTIVATE)
+			return
+		}
+	}
+
+	if timeout := h.GetConfirmTimeout().AsDuration(); timeout > 0 &&
+		(action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_TEST) {
+		deadline := time.Now().Add(timeout)
+		op.openConfirmWindow()
+		op.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Phase{Phase: &agentv1.PhaseEvent{
+			Phase: agentv1.Phase_PHASE_AWAITING_CONFIRM, Detail: "waiting " + timeout.String() + " for Confirm", Deadline: timestamppb.New(deadline),
+		}}})
+		if !op.waitConfirm(deadline) {
+			s.rollBack(ctx, op, prevGen, prevSystem)
+			s.finishWith(op, agentv1.Outcome_OUTCOME_ROLLED_BACK, "no Confirm within "+timeout.String()+"; the previous system was re-activated", out, true)
+			return
+		}
+		op.agentLine("confirmed")
+	}
+	s.finishWith(op, agentv1.Outcome_OUTCOME_SUCCEEDED, "", out, false)
+}
+
+// rollBack returns to the system that ran before the operation: for switch and boot
+// the profile goes back to the previous generation; for switch and test the previous
+// system is activated again. Failures are logged into the operation, and the result
+// reports the system actually active afterwards.
+func (s *Server) rollBack(ctx context.Context, op *operation, prevGen int64, prevSystem string) {
+	x := s.cfg.Executor
+	action := op.header.GetAction()
+	if action == agentv1.Action_ACTION_DRY_ACTIVATE {
+		return // changed nothing
+	}
+	op.phase(agentv1.Phase_PHASE_ROLLING_BACK, prevSystem)
+	s.log.Warn("rolling back", "operation", op.id, "to_generation", prevGen, "to_system", prevSystem)
+	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_BOOT {
+		if prevGen > 0 {
+			if err := x.SwitchGeneration(ctx, prevGen, op.logLine); err != nil {
+				op.agentLine("rollback of the system profile failed: " + err.Error())
+			}
+		} else {
+			op.agentLine("no previous generation of the system profile to return to")
+		}
+	}
+	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_TEST {
+		if prevSystem == "" {
+			op.agentLine("no previously running system known; nothing to re-activate")
+			return
+		}
+		if err := x.Activate(ctx, prevSystem, actionWord(action), op.logLine); err != nil {
+			op.agentLine("re-activating the previous system failed: " + err.Error())
+		}
+	}
+}
+
+func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg, out string, rolledBack bool) {
+	x := s.cfg.Executor
+	gen, err := x.Generation()
+	if err != nil {
+		op.agentLine("read generation: " + err.Error())
+	}
+	current, err := x.CurrentSystem()
+	if err != nil {
+		op.agentLine("read current system: " + err.Error())
+	}
+	op.finish(&agentv1.ApplyResult{
+		Outcome: outcome, Message: msg, Generation: gen, StorePath: out,
+		RolledBack: rolledBack, CurrentSystem: current,
+	}, s.writeRecord)
+	s.log.Info("operation done", "operation", op.id, "outcome", outcome.String(), "generation", gen, "store_path", out)
+}
+
+// actionWord is the switch-to-configuration argument for an action.
+func actionWord(a agentv1.Action) string {
+	switch a {
+	case agentv1.Action_ACTION_SWITCH:
+		return "switch"
+	case agentv1.Action_ACTION_BOOT:
+		return "boot"
+	case agentv1.Action_ACTION_TEST:
+		return "test"
+	case agentv1.Action_ACTION_DRY_ACTIVATE:
+		return "dry-activate"
+	}
+	return ""
+}

@@ -1,0 +1,205 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/homystack/nio/agent/internal/nixos"
+	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// operation is one Apply: its header, every event it emitted (so any number of
+// streams can attach and replay), and its confirm handshake.
+type operation struct {
+	id     string
+	header *agentv1.ApplyHeader
+
+	mu      sync.Mutex
+	events  []*agentv1.ApplyResponse // events[i].Sequence == i+1
+	changed chan struct{}            // closed and replaced on every event
+	summary *agentv1.OperationSummary
+	result  *agentv1.ApplyResult
+
+	awaiting  bool          // in PHASE_AWAITING_CONFIRM, Confirm accepted
+	confirmed bool          // Confirm arrived while awaiting
+	confirmCh chan struct{} // closed by Confirm
+	doneCh    chan struct{} // closed with the result
+}
+
+func newOperation(h *agentv1.ApplyHeader, now time.Time) *operation {
+	return &operation{
+		id:        h.GetOperationId(),
+		header:    h,
+		changed:   make(chan struct{}),
+		confirmCh: make(chan struct{}),
+		doneCh:    make(chan struct{}),
+		summary: &agentv1.OperationSummary{
+			OperationId: h.GetOperationId(),
+			Commit:      h.GetCommit(),
+			Action:      h.GetAction(),
+			StartedTime: timestamppb.New(now),
+		},
+	}
+}
+
+// emit records an event with the next sequence number and wakes the streams.
+func (o *operation) emit(ev *agentv1.ApplyResponse) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.result != nil {
+		return // the result is always the last event
+	}
+	ev.Sequence = uint64(len(o.events) + 1)
+	ev.Time = timestamppb.Now()
+	ev.OperationId = o.id
+	o.events = append(o.events, ev)
+	switch e := ev.Event.(type) {
+	case *agentv1.ApplyResponse_Phase:
+		o.summary.Phase = e.Phase.GetPhase()
+	case *agentv1.ApplyResponse_Result:
+		o.result = e.Result
+		o.summary.Outcome = e.Result.GetOutcome()
+		o.summary.Message = e.Result.GetMessage()
+		o.summary.Generation = e.Result.GetGeneration()
+		o.summary.StorePath = e.Result.GetStorePath()
+		o.summary.FinishedTime = ev.Time
+		o.awaiting = false
+		close(o.doneCh)
+	}
+	close(o.changed)
+	o.changed = make(chan struct{})
+}
+
+func (o *operation) phase(p agentv1.Phase, detail string) {
+	o.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Phase{Phase: &agentv1.PhaseEvent{Phase: p, Detail: detail}}})
+}
+
+func (o *operation) agentLine(text string) {
+	o.emit(logEvent(agentv1.LogStream_LOG_STREAM_AGENT, text))
+}
+
+// logLine is the nixos.LineFunc that turns a step's output into log events.
+func (o *operation) logLine(s nixos.Stream, text string) {
+	stream := agentv1.LogStream_LOG_STREAM_AGENT
+	switch s {
+	case nixos.Stdout:
+		stream = agentv1.LogStream_LOG_STREAM_STDOUT
+	case nixos.Stderr:
+		stream = agentv1.LogStream_LOG_STREAM_STDERR
+	}
+	o.emit(logEvent(stream, text))
+}
+
+func logEvent(s agentv1.LogStream, text string) *agentv1.ApplyResponse {
+	return &agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Log{Log: &agentv1.LogLine{Stream: s, Text: text}}}
+}
+
+// finish hands the final summary to persist, then emits PHASE_DONE and the result.
+// Persisting first means that whoever sees the result also finds it on disk.
+func (o *operation) finish(r *agentv1.ApplyResult, persist func(*agentv1.OperationSummary)) {
+	o.mu.Lock()
+	sum := proto.Clone(o.summary).(*agentv1.OperationSummary)
+	o.mu.Unlock()
+	sum.Phase = agentv1.Phase_PHASE_DONE
+	sum.Outcome, sum.Message = r.GetOutcome(), r.GetMessage()
+	sum.Generation, sum.StorePath = r.GetGeneration(), r.GetStorePath()
+	sum.FinishedTime = timestamppb.Now()
+	persist(sum)
+	o.phase(agentv1.Phase_PHASE_DONE, r.GetOutcome().String())
+	o.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Result{Result: r}})
+}
+
+// done reports whether the result was emitted.
+func (o *operation) done() bool {
+	select {
+	case <-o.doneCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// snapshot copies the summary for Status.
+func (o *operation) snapshot() *agentv1.OperationSummary {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return proto.Clone(o.summary).(*agentv1.OperationSummary)
+}
+
+// follow sends the events after sequence `after`, then each new one, until the result
+// has been sent or ctx ends. The operation does not depend on anyone following it.
+func (o *operation) follow(ctx context.Context, after uint64, send func(*agentv1.ApplyResponse) error) error {
+	next := after
+	for {
+		o.mu.Lock()
+		var batch []*agentv1.ApplyResponse
+		if next < uint64(len(o.events)) {
+			batch = o.events[next:]
+		}
+		finished := o.result != nil
+		changed := o.changed
+		o.mu.Unlock()
+		for _, ev := range batch {
+			if err := send(ev); err != nil {
+				return err
+			}
+			next = ev.Sequence
+		}
+		if finished && len(batch) == 0 {
+			return nil
+		}
+		if len(batch) > 0 {
+			continue // re-check: more may have arrived while sending
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// openConfirmWindow makes Confirm acceptable. It runs before the AWAITING_CONFIRM
+// event is emitted, so an operator reacting to that event at once is never early.
+func (o *operation) openConfirmWindow() {
+	o.mu.Lock()
+	o.awaiting = true
+	o.mu.Unlock()
+}
+
+// waitConfirm waits until Confirm or the deadline and reports whether the operation
+// was confirmed; after it returns, Confirm no longer changes the outcome.
+func (o *operation) waitConfirm(deadline time.Time) bool {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-o.confirmCh:
+	case <-timer.C:
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.awaiting = false
+	return o.confirmed
+}
+
+// confirm accepts a Confirm. ok is false when the operation is not awaiting one.
+func (o *operation) confirm() (ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.awaiting {
+		return false
+	}
+	o.awaiting, o.confirmed = false, true
+	close(o.confirmCh)
+	return true
+}
+
+// outcome is the result's outcome, unspecified while running.
+func (o *operation) outcome() agentv1.Outcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.summary.GetOutcome()
+}

@@ -1,0 +1,357 @@
+// Package source keeps the Git repositories NixosConfigurations name: one entry per
+// repository URL and credentials, shared by every configuration naming that pair. It
+// resolves refs with ls-remote, fetches a commit only when it is not held yet, and
+// reads the tree at a commit. It is built on go-git; nothing runs the git binary.
+//
+// Network calls per repository: concurrent Resolve calls share one ls-remote, and an
+// ls-remote answer is reused for Options.MinInterval, so a fleet of configurations on
+// one repository polling on the same period makes about one ls-remote per
+// MinInterval, not one per configuration (Invalidate forgets the answer, e.g. when a
+// push webhook arrives). A fetch happens only for a commit not held yet: shallow
+// (depth 1) where the server allows, else a full fetch.
+//
+// Storage: in memory by default; on disk under Options.Dir when set, one bare
+// repository per URL+credentials, so a restarted operator does not fetch again.
+// Objects are never pruned; the cache grows with the commits it has fetched.
+package source
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-git/go-billy/v5/osfs"
+	"github.com/go-git/go-git/v5/plumbing/transport"
+	"github.com/go-git/go-git/v5/plumbing/transport/client"
+	"github.com/go-git/go-git/v5/plumbing/transport/server"
+	"github.com/go-logr/logr"
+)
+
+// Options configure a Cache. The zero value is usable.
+type Options struct {
+	// Dir, when set, holds the repositories on disk (created 0700 if missing);
+	// empty keeps them in memory.
+	Dir string
+	// MinInterval is how long an ls-remote answer is reused by Resolve. Zero asks
+	// the server on every Resolve that does not join one already in flight.
+	MinInterval time.Duration
+	// Timeout bounds one network operation (ls-remote or fetch); default 2 minutes.
+	// A network call shared by several callers runs until it finishes or times out,
+	// even if the caller that started it gives up.
+	Timeout time.Duration
+	// Logger receives V(1) lines for network calls; URLs are logged redacted.
+	Logger logr.Logger
+}
+
+// Stats counts what a Cache did, for metrics.
+type Stats struct {
+	// LsRemotes is the number of ref listings Resolve sent to servers.
+	LsRemotes int64
+	// Fetches is the number of fetches sent (each also lists refs on the wire).
+	Fetches int64
+	// ResolvesShared counts Resolve calls answered by another call's ls-remote.
+	ResolvesShared int64
+	// ResolvesCached counts Resolve calls answered from an ls-remote younger than
+	// MinInterval.
+	ResolvesCached int64
+}
+
+// Cache holds Repos; it is safe for concurrent use.
+type Cache struct {
+	opts    Options
+	hmacKey []byte
+
+	mu    sync.Mutex
+	repos map[string]*Repo
+
+	lsRemotes, fetches, shared, cached atomic.Int64
+
+	// onJoin, when set (tests only), runs when a Resolve joins an ls-remote in flight.
+	onJoin func()
+}
+
+var installFileTransport sync.Once
+
+// NewCache makes a cache. With Options.Dir set, a random key in Dir/key (0600,
+// created once) derives the per-credentials directory names.
+func NewCache(opts Options) (*Cache, error) {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Minute
+	}
+	// go-git's file:// transport runs git-upload-pack; its in-process server reads
+	// the repository itself, so file:// works without a git binary.
+	installFileTransport.Do(func() {
+		client.InstallProtocol("file", server.NewClient(server.NewFilesystemLoader(osfs.New(""))))
+	})
+	c := &Cache{opts: opts, repos: map[string]*Repo{}}
+	var err error
+	if opts.Dir == "" {
+		c.hmacKey = make([]byte, 32)
+		_, err = rand.Read(c.hmacKey)
+	} else {
+		c.hmacKey, err = loadOrCreateKey(opts.Dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("source cache: %w", err)
+	}
+	return c, nil
+}
+
+func loadOrCreateKey(dir string) ([]byte, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "key")
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err == nil {
+		_, err = f.Write(key)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		return key, err
+	}
+	if !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	key, err = os.ReadFile(path)
+	if err == nil && len(key) != 32 {
+		err = fmt.Errorf("%s is not a 32-byte key; remove it to start a fresh cache", path)
+	}
+	return key, err
+}
+
+// Stats returns the counters.
+func (c *Cache) Stats() Stats {
+	return Stats{
+		LsRemotes: c.lsRemotes.Load(), Fetches: c.fetches.Load(),
+		ResolvesShared: c.shared.Load(), ResolvesCached: c.cached.Load(),
+	}
+}
+
+// Repo returns the shared entry for rawURL reached with creds, creating it on first
+// use. It fails with ErrInvalidURL or ErrInvalidCredentials (e.g. an SSH URL without
+// known_hosts) before any network call.
+func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
+	ep, err := transport.NewEndpoint(rawURL)
+	// go-git reads any string that is not a URL as a local path; only an explicit
+	// file:// URL may name one.
+	if err != nil || ep.Host == "" && ep.Protocol != "file" || ep.Path == "" ||
+		ep.Protocol == "file" && !strings.HasPrefix(rawURL, "file://") {
+		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), ErrInvalidURL)
+	}
+	key := rawURL + "\x00" + creds.fingerprint(c.hmacKey)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r, ok := c.repos[key]; ok {
+		return r, nil
+	}
+	// Only a valid pair gets an entry, so a hit needs no second check.
+	auth, err := creds.authFor(ep)
+	if err != nil {
+		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), err)
+	}
+	r := &Repo{
+		cache: c, url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
+		secrets: append(creds.secrets(), urlSecrets(rawURL)...),
+		// A shallow fetch needs server support; the in-process file:// server has none.
+		shallow: ep.Protocol != "file",
+	}
+	if ep.Protocol == "file" {
+		r.localPath = ep.Path
+	}
+	if c.opts.Dir != "" {
+		sum := sha256.Sum256([]byte(key))
+		r.dir = filepath.Join(c.opts.Dir, hex.EncodeToString(sum[:16])+".git")
+	}
+	c.repos[key] = r
+	return r, nil
+}
+
+// Repo is one repository reached with one set of credentials; safe for concurrent use.
+type Repo struct {
+	cache    *Cache
+	url      string
+	redacted string
+	auth     transport.AuthMethod
+	caPEM    []byte
+	secrets  []string
+	dir      string
+	shallow  bool
+	// localPath is the directory of a file:// repository, read directly for refs.
+	localPath string
+
+	lsMu     sync.Mutex
+	refs     map[string]string // ref name → commit (annotated tags peeled)
+	listedAt time.Time
+	inflight *lsCall
+	// gen counts Invalidate calls: a listing started before the latest one may
+	// predate a push, so it is neither joined nor cached.
+	gen uint64
+
+	store storeState
+}
+
+type lsCall struct {
+	gen  uint64
+	done chan struct{}
+	refs map[string]string
+	err  error
+}
+
+// String is the redacted URL.
+func (r *Repo) String() string { return r.redacted }
+
+var fullHash = regexp.MustCompile(`^[0-9a-fA-F]{40}$`)
+
+// Resolve returns the full commit hash ref names now: a branch (`main` or
+// `refs/heads/main`), a tag (annotated tags are peeled to their commit), `HEAD`, or
+// a full 40-hex commit, which is returned as is without asking the server (Tree
+// reports ErrRefNotFound if the repository lacks it). A name that is both a branch
+// and a tag resolves to the branch.
+func (r *Repo) Resolve(ctx context.Context, ref string) (string, error) {
+	if fullHash.MatchString(ref) {
+		return strings.ToLower(ref), nil
+	}
+	if ref == "" {
+		return "", fmt.Errorf("resolve in %s: %w: empty ref", r.redacted, ErrRefNotFound)
+	}
+	refs, err := r.listRefs(ctx)
+	if err != nil {
+		return "", fmt.Errorf("resolve %q: %w", ref, err)
+	}
+	for _, name := range candidates(ref) {
+		if hash, ok := refs[name]; ok {
+			return hash, nil
+		}
+	}
+	return "", fmt.Errorf("resolve %q in %s: %w: no branch or tag of that name", ref, r.redacted, ErrRefNotFound)
+}
+
+func candidates(ref string) []string {
+	if ref == "HEAD" || strings.HasPrefix(ref, "refs/") {
+		return []string{ref}
+	}
+	return []string{"refs/heads/" + ref, "refs/tags/" + ref}
+}
+
+// Invalidate forgets the last ls-remote answer, so the next Resolve asks the server
+// even within MinInterval (a push webhook calls this).
+func (r *Repo) Invalidate() {
+	r.lsMu.Lock()
+	defer r.lsMu.Unlock()
+	r.listedAt = time.Time{}
+	r.gen++
+}
+
+// listRefs returns the remote's refs: a fresh enough previous answer, the answer of
+// a listing in flight, or a new listing.
+func (r *Repo) listRefs(ctx context.Context) (map[string]string, error) {
+	c := r.cache
+	r.lsMu.Lock()
+	if !r.listedAt.IsZero() && c.opts.MinInterval > 0 && time.Since(r.listedAt) < c.opts.MinInterval {
+		refs := r.refs
+		r.lsMu.Unlock()
+		c.cached.Add(1)
+		return refs, nil
+	}
+	call := r.inflight
+	if call != nil && call.gen == r.gen {
+		r.lsMu.Unlock()
+		c.shared.Add(1)
+		if c.onJoin != nil {
+			c.onJoin()
+		}
+	} else {
+		call = &lsCall{gen: r.gen, done: make(chan struct{})}
+		r.inflight = call
+		r.lsMu.Unlock()
+		// Detached from ctx: other callers may be waiting on this listing.
+		go r.runList(context.WithoutCancel(ctx), call)
+	}
+	select {
+	case <-call.done:
+		return call.refs, call.err
+	case <-ctx.Done():
+		return nil, classify("ls-remote", r.redacted, ctx.Err(), nil)
+	}
+}
+
+func (r *Repo) runList(ctx context.Context, call *lsCall) {
+	ctx, cancel := context.WithTimeout(ctx, r.cache.opts.Timeout)
+	defer cancel()
+	r.cache.lsRemotes.Add(1)
+	r.cache.opts.Logger.V(1).Info("ls-remote", "repo", r.redacted)
+	refs, err := r.lsRemote(ctx)
+	if err != nil {
+		err = classify("ls-remote", r.redacted, err, r.secrets)
+	}
+	call.refs, call.err = refs, err
+	r.lsMu.Lock()
+	if err == nil && call.gen == r.gen {
+		r.refs, r.listedAt = refs, time.Now()
+	}
+	if r.inflight == call {
+		r.inflight = nil
+	}
+	r.lsMu.Unlock()
+	close(call.done)
+}
+
+// commitRef returns a ref name the last listing showed at commit, to fetch just that.
+func (r *Repo) commitRef(commit string) string {
+	r.lsMu.Lock()
+	defer r.lsMu.Unlock()
+	for name, hash := range r.refs {
+		if hash == commit && name != "HEAD" {
+			return name
+		}
+	}
+	return ""
+}
+
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	return raw
+}
+
+// urlSecrets returns the password embedded in a URL's userinfo, if any.
+func urlSecrets(raw string) []string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			return []string{p}
+		}
+	}
+	return nil
+}
+
+// urlEscape is s as it appears in a URL's userinfo.
+func urlEscape(s string) string {
+	return strings.TrimPrefix(url.UserPassword("x", s).String(), "x:")
+}
+
+// Revision formats a resolved ref the way Flux prints revisions, for status and
+// events: `main@sha1:<hex>`, or `sha1:<hex>` when the ref was the commit itself.
+func Revision(ref, commit string) string {
+	if strings.EqualFold(ref, commit) {
+		return "sha1:" + commit
+	}
+	name := strings.TrimPrefix(strings.TrimPrefix(ref, "refs/heads/"), "refs/tags/")
+	return name + "@sha1:" + commit
+}
