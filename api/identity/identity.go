@@ -41,15 +41,13 @@ func OperatorURL() *url.URL {
 	return u
 }
 
-// ParseMachineDNSName splits a Machine DNS name into namespace and name.
+// ParseMachineDNSName splits a Machine DNS name into namespace and name. A Machine's
+// name may contain dots; a namespace never does, so it is the last label.
 func ParseMachineDNSName(dns string) (namespace, name string, err error) {
 	rest, ok := strings.CutSuffix(dns, "."+MachineDomain)
-	if !ok {
+	i := strings.LastIndex(rest, ".")
+	if !ok || i <= 0 || i == len(rest)-1 {
 		return "", "", fmt.Errorf("%q is not a machine name (want <name>.<namespace>.%s)", dns, MachineDomain)
 	}
-	name, namespace, ok = strings.Cut(rest, ".")
-	if !ok || name == "" || namespace == "" || strings.Contains(namespace, ".") {
-		return "", "", fmt.Errorf("%q is not a machine name (want <name>.<namespace>.%s)", dns, MachineDomain)
-	}
-	return namespace, name, nil
+	return rest[i+1:], rest[:i], nil
 }
