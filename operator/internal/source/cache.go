@@ -355,3 +355,21 @@ func Revision(ref, commit string) string {
 	name := strings.TrimPrefix(strings.TrimPrefix(ref, "refs/heads/"), "refs/tags/")
 	return name + "@sha1:" + commit
 }
+
+// InvalidateMatching invalidates every repository whose URL match accepts (a push
+// webhook names a repository; configurations may spell its URL differently) and
+// returns how many it invalidated.
+func (c *Cache) InvalidateMatching(match func(url string) bool) int {
+	c.mu.Lock()
+	repos := make([]*Repo, 0, len(c.repos))
+	for _, r := range c.repos {
+		if match(r.url) {
+			repos = append(repos, r)
+		}
+	}
+	c.mu.Unlock()
+	for _, r := range repos {
+		r.Invalidate()
+	}
+	return len(repos)
+}

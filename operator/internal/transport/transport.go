@@ -50,6 +50,19 @@ type Source struct {
 // Phase names a step of an operation, as the agent reports it.
 type Phase string
 
+// Phases, in the order they happen (proto nio.agent.v1.Phase). SSH reports
+// ReceivingSource, Building (nixos-rebuild does build and activation) and Done.
+const (
+	PhaseReceivingSource Phase = "ReceivingSource"
+	PhaseUnpacking       Phase = "Unpacking"
+	PhaseBuilding        Phase = "Building"
+	PhaseSettingProfile  Phase = "SettingProfile"
+	PhaseActivating      Phase = "Activating"
+	PhaseAwaitingConfirm Phase = "AwaitingConfirm"
+	PhaseRollingBack     Phase = "RollingBack"
+	PhaseDone            Phase = "Done"
+)
+
 // EventKind tells which field of an Event is set.
 type EventKind int
 
@@ -67,6 +80,8 @@ type Event struct {
 	Time     time.Time
 	// Phase is set for EventPhase.
 	Phase Phase
+	// Detail says more about a phase, e.g. the command it runs (EventPhase).
+	Detail string
 	// Line is one line of output for EventLog.
 	Line string
 	// Stderr marks a log line that came from stderr.
@@ -128,7 +143,10 @@ type SystemStatus struct {
 	CurrentSystem string
 	BootedSystem  string
 	Generation    int64
-	AgentVersion  string
+	// NeedsReboot: the running system's kernel, initrd or modules differ from the
+	// booted system's.
+	NeedsReboot  bool
+	AgentVersion string
 	// CertificateNotAfter is the agent's serving certificate expiry (agent only).
 	CertificateNotAfter time.Time
 	// Busy is true while an operation runs on the host.
@@ -179,4 +197,10 @@ var (
 	ErrBusy = errors.New("host busy with another operation")
 	// ErrSudoPassword: the SSH user's sudo asks for a password.
 	ErrSudoPassword = errors.New("sudo requires a password")
+	// ErrAuthFailed: the host refused the SSH login key.
+	ErrAuthFailed = errors.New("ssh authentication failed")
+	// ErrOutcomeUnknown: the connection to the agent broke after the operation began
+	// and could not be re-established in time. The operation may still be running;
+	// retry with the same operation id to attach to it (never fall back to SSH).
+	ErrOutcomeUnknown = errors.New("connection lost during the operation; outcome unknown")
 )

@@ -51,11 +51,11 @@ func TestExamplesAreTheUsageGuideVerbatim(t *testing.T) {
 	ref := guideBlocks(t, "Resource Reference")
 	adv := guideBlocks(t, "Advanced Scenarios")
 	want := map[string]string{
-		"examples/machine-example.yaml":             ref[0],
-		"examples/nixosconfiguration-example.yaml":  ref[1],
-		"examples/advanced/flake.yaml":              adv[0],
-		"examples/advanced/additional-files.yaml":   adv[1],
-		"examples/advanced/removal.yaml":            adv[2],
+		"examples/machine-example.yaml":            ref[0],
+		"examples/nixosconfiguration-example.yaml": ref[1],
+		"examples/advanced/flake.yaml":             adv[0],
+		"examples/advanced/additional-files.yaml":  adv[1],
+		"examples/advanced/removal.yaml":           adv[2],
 	}
 	if len(ref) != 2 || len(adv) != 3 {
 		t.Fatalf("guide has %d resource and %d advanced blocks, want 2 and 3", len(ref), len(adv))

@@ -95,7 +95,7 @@ func TestAPIServerRefusesBadInput(t *testing.T) {
 		u := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": nio.GroupVersion.String(), "kind": "NixosConfiguration",
 			"metadata": map[string]any{"name": fmt.Sprintf("bad-duration-%d", i), "namespace": ns},
-			"spec": map[string]any{"gitRepo": "https://example.org/r.git", "flake": ".#worker", "machineRef": map[string]any{"name": "m"}},
+			"spec":     map[string]any{"gitRepo": "https://example.org/r.git", "flake": ".#worker", "machineRef": map[string]any{"name": "m"}},
 		}}
 		for k, v := range bad {
 			u.Object["spec"].(map[string]any)[k] = v

@@ -1,0 +1,198 @@
+// Command nio-operator is the NIO Kubernetes operator: it converges Machines on
+// NixosConfigurations (see README.md and docs/usage-guide.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/controller"
+	"github.com/homystack/nio/operator/internal/hostconn"
+	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/pki"
+	"github.com/homystack/nio/operator/internal/source"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+type options struct {
+	metricsAddr, probeAddr   string
+	leaderElect              bool
+	namespace                string
+	watchNamespaces          string
+	concurrency              int
+	nixosAnywhere            string
+	installTimeout           time.Duration
+	defaultInterval          time.Duration
+	probeInterval            time.Duration
+	factsInterval            time.Duration
+	retryBase                time.Duration
+	sourceCacheDir           string
+	sourceMinInterval        time.Duration
+	caSecret                 string
+	sshStateDir, agentTLSDir string
+	webhookAddr              string
+	webhookSecret            string
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint (0 disables it).")
+	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
+	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader so only one replica reconciles (set in the Deployment).")
+	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "nixos-operator-system"), "The operator's own namespace: its CA Secret, leader lease and webhook Secret.")
+	flag.StringVar(&o.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces whose Machines and NixosConfigurations are managed (empty: all).")
+	flag.IntVar(&o.concurrency, "concurrency", 10, "Configurations reconciled (and hosts driven) at once; Machines probed at once.")
+	flag.StringVar(&o.nixosAnywhere, "nixos-anywhere", "nixos-anywhere", "Path of the nixos-anywhere executable used for fullInstall.")
+	flag.DurationVar(&o.installTimeout, "install-timeout", install.DefaultTimeout, "Longest a nixos-anywhere run may take.")
+	flag.DurationVar(&o.defaultInterval, "default-interval", 5*time.Minute, "Poll interval of configurations whose spec.interval is empty.")
+	flag.DurationVar(&o.probeInterval, "probe-interval", time.Minute, "How often each Machine is probed.")
+	flag.DurationVar(&o.factsInterval, "facts-interval", 24*time.Hour, "How often nixos-facter facts are collected without a request.")
+	flag.DurationVar(&o.retryBase, "retry-base", 30*time.Second, "First delay before retrying a failed apply of unchanged inputs (doubles up to the interval, at least 10m).")
+	flag.StringVar(&o.sourceCacheDir, "source-cache-dir", "", "Directory for fetched Git objects (empty: memory).")
+	flag.DurationVar(&o.sourceMinInterval, "source-min-interval", 10*time.Second, "Shortest time between two ls-remotes of one repository (a push webhook bypasses it).")
+	flag.StringVar(&o.caSecret, "ca-secret", "nio-ca", "Name of the CA Secret in --namespace (created on first start).")
+	flag.StringVar(&o.sshStateDir, "ssh-state-dir", transport.DefaultSSHStateDir, "Directory on hosts where SSH applies unpack sources.")
+	flag.StringVar(&o.agentTLSDir, "agent-tls-dir", transport.DefaultAgentTLSDir, "The agent's --tls-dir on hosts, where SSH delivers its identity.")
+	flag.StringVar(&o.webhookAddr, "webhook-bind-address", "", "Address of the push webhook receiver (empty: off).")
+	flag.StringVar(&o.webhookSecret, "webhook-secret", "nio-webhook", "Secret in --namespace whose key `token` verifies webhook payloads.")
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(flag.CommandLine)
+	showVersion := flag.Bool("version", false, "Print the version and exit.")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println(version)
+		return
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	if err := run(ctrl.SetupSignalHandler(), o); err != nil {
+		ctrl.Log.Error(err, "nio-operator failed")
+		os.Exit(1)
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func run(ctx context.Context, o options) error {
+	log := ctrl.Log.WithName("setup")
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := nio.AddToScheme(scheme); err != nil {
+		return err
+	}
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	cacheOpts := cache.Options{}
+	if o.watchNamespaces != "" {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range strings.Split(o.watchNamespaces, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				cacheOpts.DefaultNamespaces[ns] = cache.Config{}
+			}
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  scheme,
+		Cache:                   cacheOpts,
+		Client:                  controller.ClientOptions(),
+		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
+		HealthProbeBindAddress:  o.probeAddr,
+		LeaderElection:          o.leaderElect,
+		LeaderElectionID:        "nio-operator.nio.homystack.com",
+		LeaderElectionNamespace: o.namespace,
+		// A new leader starts at once when the old one stops cleanly.
+		LeaderElectionReleaseOnCancel: true,
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+
+	// The CA is read or created through the API server directly: the manager's cache
+	// has not started yet, and must not hold every Secret of the namespace anyway.
+	direct, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	ca, err := pki.LoadOrCreateCA(ctx, direct, o.namespace, o.caSecret, time.Now())
+	if err != nil {
+		return fmt.Errorf("operator CA: %w", err)
+	}
+	issuer := pki.NewIssuer(ca)
+	creds := issuer.OperatorCredentials()
+	if _, err := creds.Certificate(); err != nil {
+		return fmt.Errorf("operator client certificate: %w", err)
+	}
+
+	sources, err := source.NewCache(source.Options{Dir: o.sourceCacheDir, MinInterval: o.sourceMinInterval, Logger: ctrl.Log.WithName("source")})
+	if err != nil {
+		return err
+	}
+	m := controller.NewMetrics(metrics.Registry)
+	controller.RegisterSourceMetrics(metrics.Registry, sources)
+	locks := &controller.HostLocks{}
+	hosts := &hostconn.Factory{
+		Client: mgr.GetClient(), Credentials: creds,
+		SSH: transport.SSHConfig{StateDir: o.sshStateDir, AgentTLSDir: o.agentTLSDir},
+	}
+	recorder := mgr.GetEventRecorder("nio-operator")
+	srcs := &controller.Sources{Cache: sources}
+	trigger := controller.NewTrigger(mgr.GetClient(), srcs)
+	configs := &controller.NixosConfigurationReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Sources: srcs, Trigger: trigger,
+		Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,
+		Installer:       &install.Runner{Binary: o.nixosAnywhere, Timeout: o.installTimeout},
+		DefaultInterval: o.defaultInterval, RetryBase: o.retryBase,
+	}
+	if err := configs.SetupWithManager(ctx, mgr, o.concurrency); err != nil {
+		return fmt.Errorf("NixosConfiguration controller: %w", err)
+	}
+	machines := &controller.MachineReconciler{
+		Client: mgr.GetClient(), Recorder: recorder, Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,
+		ProbeInterval: o.probeInterval, FactsInterval: o.factsInterval,
+	}
+	if err := machines.SetupWithManager(ctx, mgr, o.concurrency); err != nil {
+		return fmt.Errorf("Machine controller: %w", err)
+	}
+	if err := setupWebhook(mgr, o, trigger); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	log.Info("starting nio-operator", "version", version, "namespace", o.namespace, "watchNamespaces", o.watchNamespaces,
+		"concurrency", o.concurrency, "leaderElection", o.leaderElect)
+	if err := mgr.Start(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,106 @@
+package controller
+
+import (
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+)
+
+// Condition reasons. Constants, so users and alerts can match on them.
+const (
+	ReasonSucceeded         = "Succeeded"
+	ReasonProgressing       = "Progressing"
+	ReasonApplying          = "Applying"
+	ReasonApplyFailed       = "ApplyFailed"
+	ReasonRolledBack        = "RolledBack"
+	ReasonSourceFailed      = "SourceFailed"
+	ReasonSourceReady       = "SourceReady"
+	ReasonInvalidConfig     = "InvalidConfiguration"
+	ReasonMachineNotFound   = "MachineNotFound"
+	ReasonMachineInUse      = "MachineInUse"
+	ReasonSuspended         = "Suspended"
+	ReasonInstalling        = "Installing"
+	ReasonInstallFailed     = "InstallFailed"
+	ReasonInstalled         = "Installed"
+	ReasonAlreadyInstalled  = "AlreadyInstalled"
+	ReasonRemovalFailed     = "RemovalFailed"
+	ReasonRemoving          = "Removing"
+	ReasonHostUnreachable   = "HostUnreachable"
+	ReasonHostKeyMismatch   = "HostKeyMismatch"
+	ReasonAgentUnreachable  = "AgentUnreachable"
+	ReasonAgentDisabled     = "AgentDisabled"
+	ReasonConnected         = "Connected"
+	ReasonReachable         = "Reachable"
+	ReasonSSHKeyMissing     = "SSHKeyMissing"
+	ReasonUpToDate          = "UpToDate"
+	ReasonNotApplied        = "NotApplied"
+	ReasonDependencyPending = "DependencyNotReady"
+)
+
+// setCondition sets a condition with the object's generation.
+func setCondition(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, message string) {
+	meta.SetStatusCondition(conds, metav1.Condition{
+		Type:               typ,
+		Status:             status,
+		Reason:             reason,
+		Message:            truncate(message, 1024),
+		ObservedGeneration: generation,
+	})
+}
+
+// markReconciling sets Reconciling=True and Ready=Unknown: work is under way (kstatus
+// "in progress").
+func markReconciling(conds *[]metav1.Condition, generation int64, reason, message string) {
+	setCondition(conds, generation, nio.ConditionReconciling, metav1.ConditionTrue, reason, message)
+	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
+	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionUnknown, reason, message)
+}
+
+// markStalled sets Stalled=True and Ready=False: a configuration error that retrying
+// will not fix; a change to the spec or a referenced object triggers a new pass.
+func markStalled(conds *[]metav1.Condition, generation int64, reason, message string) {
+	setCondition(conds, generation, nio.ConditionStalled, metav1.ConditionTrue, reason, message)
+	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
+	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionFalse, reason, message)
+}
+
+// markFailed sets Ready=False for an error that is retried (neither in progress nor
+// stalled).
+func markFailed(conds *[]metav1.Condition, generation int64, reason, message string) {
+	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
+	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
+	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionFalse, reason, message)
+}
+
+// markReady sets Ready=True and clears Reconciling and Stalled.
+func markReady(conds *[]metav1.Condition, generation int64, reason, message string) {
+	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
+	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
+	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionTrue, reason, message)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func shortCommit(commit string) string {
+	if len(commit) > 12 {
+		return commit[:12]
+	}
+	return commit
+}
+
+// revision prints a commit the way Flux does: `main@sha1:<hex>`.
+func revision(ref, commit string) string {
+	if commit == "" {
+		return ""
+	}
+	if ref == "" || ref == commit {
+		return "sha1:" + commit
+	}
+	return ref + "@sha1:" + commit
+}

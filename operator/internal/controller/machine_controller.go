@@ -1,0 +1,281 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/facts"
+	"github.com/homystack/nio/operator/internal/pki"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+// MachineReconciler keeps a Machine's status true to its host: reachability (agent,
+// then SSH), the running system, the SSH host key, the nixos-facter facts, and the
+// agent's TLS identity (delivered over SSH to an agent without one, renewed at two
+// thirds of its life). It writes only the status fields it owns, once per pass.
+type MachineReconciler struct {
+	client.Client
+	Recorder events.EventRecorder
+	Hosts    Hosts
+	Locks    *HostLocks
+	PKI      *pki.Issuer
+	Metrics  *Metrics
+
+	// ProbeInterval is how often a Machine is probed (default 1m).
+	ProbeInterval time.Duration
+	// FactsInterval is how often facts are collected again without a request
+	// (default 24h).
+	FactsInterval time.Duration
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile runs one pass for one Machine.
+func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request) (_ reconcile.Result, retErr error) {
+	start := r.now()
+	m := &nio.Machine{}
+	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	defer func() { r.Metrics.observeReconcile("Machine", start, retErr) }()
+	sw := newStatusWriter(r.Client, m)
+	defer func() {
+		if err := sw.flush(ctx, m); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+	m.Status.ObservedGeneration = m.Generation
+
+	host, err := r.Hosts.Open(ctx, m)
+	if err != nil {
+		reason := ReasonHostUnreachable
+		var st stalledError
+		if errors.As(err, &st) {
+			reason = st.reason
+		}
+		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+		markFailed(&m.Status.Conditions, m.Generation, reason, err.Error())
+		if errors.Is(err, ErrConfig) {
+			return reconcile.Result{}, nil // the Secret watch brings the next pass
+		}
+		return reconcile.Result{}, err
+	}
+	defer host.Close()
+
+	probe := host.Probe(ctx)
+	r.observeProbe(m, probe)
+	if m.Status.Discoverable && !errors.Is(probe.SSHError, transport.ErrHostKeyMismatch) {
+		r.observeSystem(ctx, m, host)
+		r.collectFacts(ctx, m, host)
+		r.maintainAgentIdentity(ctx, m, host, probe)
+	}
+	return reconcile.Result{RequeueAfter: r.probeInterval()}, nil
+}
+
+// observeProbe records what the probe saw: discoverable, the agent, the host key,
+// and the Reachable, AgentConnected and Ready conditions.
+func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult) {
+	st, gen, now := &m.Status, m.Generation, metav1.NewTime(r.now())
+	st.Discoverable = p.AgentReachable || p.SSHReachable
+
+	if m.Spec.Agent.Disabled {
+		st.Agent = nil
+		setCondition(&st.Conditions, gen, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentDisabled, "spec.agent.disabled is set: SSH only")
+	} else {
+		if st.Agent == nil {
+			st.Agent = &nio.AgentStatus{}
+		}
+		st.Agent.Connected = p.AgentReachable
+		if p.AgentReachable {
+			st.Agent.Version, st.Agent.LastSeenTime = p.AgentVersion, &now
+			setCondition(&st.Conditions, gen, nio.ConditionAgentConnected, metav1.ConditionTrue, ReasonConnected, "nio-agent "+p.AgentVersion+" answers over mTLS")
+		} else {
+			setCondition(&st.Conditions, gen, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentUnreachable, errText(p.AgentError, "nio-agent does not answer"))
+		}
+	}
+
+	if p.SSHHostKeyFingerprint != "" && st.SSHHostKeyFingerprint == "" && !errors.Is(p.SSHError, transport.ErrHostKeyMismatch) {
+		st.SSHHostKeyFingerprint = p.SSHHostKeyFingerprint
+	}
+
+	switch {
+	case errors.Is(p.SSHError, transport.ErrHostKeyMismatch):
+		msg := fmt.Sprintf("%v; if the host was reinstalled on purpose, set spec.sshHostKey or clear status.sshHostKeyFingerprint", p.SSHError)
+		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostKeyMismatch, msg)
+		markFailed(&st.Conditions, gen, ReasonHostKeyMismatch, msg)
+	case st.Discoverable:
+		how := "agent"
+		if !p.AgentReachable {
+			how = "SSH"
+		}
+		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionTrue, ReasonReachable, "reachable over "+how)
+		markReady(&st.Conditions, gen, ReasonReachable, "reachable over "+how)
+	default:
+		msg := fmt.Sprintf("agent: %s; ssh: %s", errText(p.AgentError, "disabled"), errText(p.SSHError, "not configured"))
+		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostUnreachable, msg)
+		markFailed(&st.Conditions, gen, ReasonHostUnreachable, msg)
+	}
+}
+
+func errText(err error, otherwise string) string {
+	if err == nil {
+		return otherwise
+	}
+	return err.Error()
+}
+
+// observeSystem records the running system.
+func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host Host) {
+	s, err := host.Status(ctx)
+	if err != nil {
+		log.FromContext(ctx).Info("host status", "error", err.Error())
+		return
+	}
+	m.Status.System = &nio.SystemStatus{
+		CurrentSystem: s.CurrentSystem, BootedSystem: s.BootedSystem, Generation: s.Generation, NeedsReboot: s.NeedsReboot,
+	}
+	if m.Status.Agent != nil && !s.CertificateNotAfter.IsZero() {
+		m.Status.Agent.CertificateNotAfter = &metav1.Time{Time: s.CertificateNotAfter}
+	}
+}
+
+// collectFacts takes a nixos-facter report on the first contact, on request (a new
+// nio.homystack.com/rescan value) and every FactsInterval, into a ConfigMap owned by
+// the Machine, with a summary in the status.
+func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host Host) {
+	st := &m.Status
+	rescan := m.Annotations[nio.RescanAnnotation]
+	due := st.LastHardwareScanTime == nil || rescan != "" && rescan != st.LastHandledRescanAt ||
+		r.now().Sub(st.LastHardwareScanTime.Time) >= r.factsInterval()
+	if !due {
+		return
+	}
+	st.LastHandledRescanAt = rescan
+	report, err := host.Facts(ctx)
+	if err == nil {
+		err = r.storeFacts(ctx, m, report)
+	}
+	if err != nil {
+		log.FromContext(ctx).Info("facts not collected", "error", err.Error())
+		r.event(m, corev1.EventTypeWarning, "FactsFailed", "CollectFacts", "nixos-facter: "+err.Error())
+		return
+	}
+	st.LastHardwareScanTime = &metav1.Time{Time: r.now()}
+}
+
+// FactsConfigMapName is the ConfigMap holding a Machine's nixos-facter report.
+func FactsConfigMapName(machine string) string { return machine + "-facter" }
+
+func (r *MachineReconciler) storeFacts(ctx context.Context, m *nio.Machine, report []byte) error {
+	summary, err := facts.Summarize(report)
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{}
+	cm.Namespace, cm.Name = m.Namespace, FactsConfigMapName(m.Name)
+	if _, err := controllerutil.CreateOrPatch(ctx, r.Client, cm, func() error {
+		if cm.Labels == nil {
+			cm.Labels = map[string]string{}
+		}
+		cm.Labels["app.kubernetes.io/managed-by"] = "nio"
+		cm.Labels["nio.homystack.com/machine"] = m.Name
+		cm.Data = map[string]string{FacterReportKey: string(report)}
+		return controllerutil.SetControllerReference(m, cm, r.Scheme())
+	}); err != nil {
+		return fmt.Errorf("store report in ConfigMap %s: %w", cm.Name, err)
+	}
+	summary.ReportConfigMap = cm.Name
+	m.Status.Facts = &summary
+	return nil
+}
+
+// maintainAgentIdentity delivers the agent's TLS identity over SSH to a host whose
+// agent has none, and renews a connected agent's certificate at two thirds of its life.
+func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Machine, host Host, p transport.ProbeResult) {
+	if m.Spec.Agent.Disabled || r.PKI == nil {
+		return
+	}
+	logger := log.FromContext(ctx)
+	switch {
+	case p.AgentReachable && m.Status.Agent != nil && m.Status.Agent.CertificateNotAfter != nil:
+		notAfter := m.Status.Agent.CertificateNotAfter.Time
+		if !pki.NeedsRenewal(notAfter.Add(-r.PKI.MachineServerValidity), notAfter, r.now()) {
+			return
+		}
+		newNotAfter, err := host.RenewAgentCertificate(ctx, func(csr []byte) ([]byte, error) {
+			return r.PKI.SignMachineCSR(csr, m.Namespace, m.Name)
+		})
+		if err != nil {
+			logger.Info("agent certificate renewal failed", "error", err.Error())
+			r.event(m, corev1.EventTypeWarning, "CertificateRenewalFailed", "RenewCertificate", err.Error())
+			return
+		}
+		m.Status.Agent.CertificateNotAfter = &metav1.Time{Time: newNotAfter}
+		r.event(m, corev1.EventTypeNormal, "CertificateRenewed", "RenewCertificate", "agent certificate renewed until "+newNotAfter.UTC().Format(time.RFC3339))
+	case !p.AgentReachable && p.SSHReachable:
+		present, err := host.AgentIdentityPresent(ctx)
+		if err != nil || present {
+			return // an agent that has its identity but is down: SSH serves meanwhile
+		}
+		unlock, _, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "agent identity delivery")
+		if !ok {
+			return
+		}
+		defer unlock()
+		ident, err := r.PKI.IssueMachineServer(m.Namespace, m.Name)
+		if err == nil {
+			err = host.InstallAgentIdentity(ctx, ident.CAPEM, ident.CertPEM, ident.KeyPEM)
+		}
+		if err != nil {
+			logger.Info("agent identity delivery failed", "error", err.Error())
+			r.event(m, corev1.EventTypeWarning, "AgentIdentityFailed", "DeliverIdentity", err.Error())
+			return
+		}
+		r.event(m, corev1.EventTypeNormal, "AgentIdentityDelivered", "DeliverIdentity", "delivered the agent's TLS identity over SSH and restarted nio-agent")
+	}
+}
+
+func (r *MachineReconciler) event(m *nio.Machine, typ, reason, action, note string) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(m, nil, typ, reason, action, "%s", truncate(note, eventNoteLimit))
+	}
+}
+
+func (r *MachineReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *MachineReconciler) probeInterval() time.Duration {
+	if r.ProbeInterval > 0 {
+		return r.ProbeInterval
+	}
+	return time.Minute
+}
+
+func (r *MachineReconciler) factsInterval() time.Duration {
+	if r.FactsInterval > 0 {
+		return r.FactsInterval
+	}
+	return 24 * time.Hour
+}

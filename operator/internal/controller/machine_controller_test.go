@@ -1,0 +1,144 @@
+package controller
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+)
+
+// TestMachineStatusTellsTheTruth: the Machine controller records reachability, the
+// agent, the running system, the first host key, and nixos-facter facts in a
+// ConfigMap owned by the Machine; a rescan request takes a new report.
+func TestMachineStatusTellsTheTruth(t *testing.T) {
+	f := newFixture(t)
+	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := newFakeFleet()
+	host := fleet.host("worker-01")
+	host.set(func(h *fakeHost) {
+		h.facts, h.current, h.generation, h.agentVersion = report, "/nix/store/abc-nixos-system-worker-01", 7, "0.1.0"
+	})
+	f.op = startOperator(t, f.ns, fleet, nil)
+
+	eventually(t, 20*time.Second, "Machine observed", func() error {
+		m := getMachine(t, f.ns, "worker-01")
+		if !m.Status.Discoverable || m.Status.Agent == nil || !m.Status.Agent.Connected || m.Status.System == nil || m.Status.Facts == nil {
+			return errorf("status %+v", m.Status)
+		}
+		return nil
+	})
+	m := getMachine(t, f.ns, "worker-01")
+	st := m.Status
+	if st.Agent.Version != "0.1.0" || st.Agent.LastSeenTime == nil || st.System.CurrentSystem != "/nix/store/abc-nixos-system-worker-01" ||
+		st.System.Generation != 7 || st.SSHHostKeyFingerprint != "SHA256:fake-worker-01" || st.ObservedGeneration != m.Generation {
+		t.Errorf("status = %+v", st)
+	}
+	for _, typ := range []string{nio.ConditionReady, nio.ConditionReachable, nio.ConditionAgentConnected} {
+		if c := condition(st.Conditions, typ); c == nil || c.Status != metav1.ConditionTrue {
+			t.Errorf("%s = %+v, want True", typ, c)
+		}
+	}
+	cm := &corev1.ConfigMap{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: f.ns, Name: st.Facts.ReportConfigMap}, cm); err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data[FacterReportKey] != string(report) || len(cm.OwnerReferences) != 1 || cm.OwnerReferences[0].Name != "worker-01" {
+		t.Errorf("facts ConfigMap: %d bytes, owners %+v", len(cm.Data[FacterReportKey]), cm.OwnerReferences)
+	}
+	if st.Facts.CPUs != 2 || st.Facts.Virtualisation != "kvm" {
+		t.Errorf("facts summary = %+v", st.Facts)
+	}
+	scanned := st.LastHardwareScanTime
+
+	// A rescan request takes a new report.
+	time.Sleep(1100 * time.Millisecond) // status times have second precision
+	patch := client.MergeFrom(m.DeepCopy())
+	m.Annotations = map[string]string{nio.RescanAnnotation: "1"}
+	if err := env.Client.Patch(context.Background(), m, patch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "rescan", func() error {
+		m := getMachine(t, f.ns, "worker-01")
+		if m.Status.LastHandledRescanAt != "1" || !m.Status.LastHardwareScanTime.After(scanned.Time) {
+			return errorf("lastHandledRescanAt %q, scanned %v", m.Status.LastHandledRescanAt, m.Status.LastHardwareScanTime)
+		}
+		return nil
+	})
+}
+
+// TestMachineHostKeyMismatchAndUnreachable: a changed host key is Reachable=False
+// HostKeyMismatch (the recorded fingerprint kept); a host that answers nothing is
+// Reachable=False HostUnreachable.
+func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
+	f := newFixture(t)
+	fleet := newFakeFleet()
+	f.op = startOperator(t, f.ns, fleet, nil)
+	eventually(t, 20*time.Second, "fingerprint recorded", func() error {
+		if fp := getMachine(t, f.ns, "worker-01").Status.SSHHostKeyFingerprint; fp != "SHA256:fake-worker-01" {
+			return errorf("fingerprint %q", fp)
+		}
+		return nil
+	})
+	fleet.host("worker-01").set(func(h *fakeHost) { h.sshMismatch = true })
+	eventually(t, 20*time.Second, "mismatch reported", func() error {
+		m := getMachine(t, f.ns, "worker-01")
+		c := condition(m.Status.Conditions, nio.ConditionReachable)
+		if c == nil || c.Reason != ReasonHostKeyMismatch || c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, "sshHostKeyFingerprint") {
+			return errorf("Reachable = %+v", c)
+		}
+		if m.Status.SSHHostKeyFingerprint != "SHA256:fake-worker-01" {
+			return errorf("recorded fingerprint changed to %q", m.Status.SSHHostKeyFingerprint)
+		}
+		return nil
+	})
+	fleet.host("worker-01").set(func(h *fakeHost) { h.sshMismatch, h.agentUp, h.sshUp = false, false, false })
+	eventually(t, 20*time.Second, "unreachable reported", func() error {
+		m := getMachine(t, f.ns, "worker-01")
+		c := condition(m.Status.Conditions, nio.ConditionReachable)
+		if c == nil || c.Reason != ReasonHostUnreachable || m.Status.Discoverable {
+			return errorf("Reachable = %+v, discoverable %v", c, m.Status.Discoverable)
+		}
+		return nil
+	})
+}
+
+// TestMachineAgentIdentityDelivered: a NixOS host reachable over SSH whose agent has
+// no TLS identity gets one, once.
+func TestMachineAgentIdentityDelivered(t *testing.T) {
+	f := newFixture(t)
+	fleet := newFakeFleet()
+	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false })
+	f.op = startOperator(t, f.ns, fleet, nil)
+	eventually(t, 20*time.Second, "identity delivered", func() error {
+		var n int
+		fleet.host("worker-01").set(func(h *fakeHost) { n = h.identities })
+		if n != 1 {
+			return errorf("%d deliveries", n)
+		}
+		return nil
+	})
+	time.Sleep(5 * time.Second) // two more probes
+	var n int
+	fleet.host("worker-01").set(func(h *fakeHost) { n = h.identities })
+	if n != 1 {
+		t.Errorf("identity delivered %d times, want once", n)
+	}
+	eventually(t, 10*time.Second, "AgentIdentityDelivered event", func() error {
+		for _, e := range eventsOf(t, f.ns, "worker-01") {
+			if e.Reason == "AgentIdentityDelivered" {
+				return nil
+			}
+		}
+		return errorf("events %+v", eventsOf(t, f.ns, "worker-01"))
+	})
+}

@@ -1,0 +1,86 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/source"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+// Metrics are the operator's own Prometheus metrics (controller-runtime adds its
+// workqueue and client metrics beside them on the same endpoint).
+type Metrics struct {
+	ReconcileDuration *prometheus.HistogramVec
+	Applies           *prometheus.CounterVec
+	ApplyDuration     *prometheus.HistogramVec
+	LastApplied       *prometheus.GaugeVec
+}
+
+// NewMetrics creates the metrics and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		ReconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nio_reconcile_duration_seconds", Help: "Duration of one reconcile pass, by kind and result.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"kind", "result"}),
+		Applies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nio_applies_total", Help: "Operations on hosts, by result (Succeeded, Failed, RolledBack) and transport (agent, ssh, install).",
+		}, []string{"result", "transport"}),
+		ApplyDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nio_apply_duration_seconds", Help: "Duration of operations on hosts, by transport.",
+			Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
+		}, []string{"transport"}),
+		LastApplied: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nio_last_applied_timestamp_seconds", Help: "When each configuration last applied successfully (Unix time).",
+		}, []string{"namespace", "name"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied)
+	}
+	return m
+}
+
+func (m *Metrics) observeReconcile(kind string, start time.Time, err error) {
+	if m == nil {
+		return
+	}
+	result := "success"
+	if err != nil {
+		result = "error"
+	}
+	m.ReconcileDuration.WithLabelValues(kind, result).Observe(time.Since(start).Seconds())
+}
+
+func (m *Metrics) observeApply(obj *nio.NixosConfiguration, res transport.ApplyResult, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.Applies.WithLabelValues(string(res.Outcome), string(res.Transport)).Inc()
+	m.ApplyDuration.WithLabelValues(string(res.Transport)).Observe(d.Seconds())
+	if res.Outcome == transport.OutcomeSucceeded {
+		m.LastApplied.WithLabelValues(obj.Namespace, obj.Name).SetToCurrentTime()
+	}
+}
+
+// forget drops a deleted configuration's series.
+func (m *Metrics) forget(obj *nio.NixosConfiguration) {
+	if m == nil {
+		return
+	}
+	m.LastApplied.DeleteLabelValues(obj.Namespace, obj.Name)
+}
+
+// RegisterSourceMetrics exposes the source cache's network counters.
+func RegisterSourceMetrics(reg prometheus.Registerer, c *source.Cache) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nio_git_ls_remote_total", Help: "Ref listings (ls-remote) sent to Git servers.",
+		}, func() float64 { return float64(c.Stats().LsRemotes) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nio_git_fetch_total", Help: "Fetches from Git servers.",
+		}, func() float64 { return float64(c.Stats().Fetches) }),
+	)
+}

@@ -1,0 +1,419 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/render"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+const (
+	historyLimit = 10
+	// maxRetryBackoff is the least the retry backoff of a failing input may grow to.
+	maxRetryBackoff = 10 * time.Minute
+	// logTailLines is how many output lines a failure event carries.
+	logTailLines = 12
+	// eventNoteLimit is the API server's limit on an event's note.
+	eventNoteLimit = 1024
+)
+
+// decide says why the configuration must be applied now ("" when it needn't), or how
+// long to wait before retrying inputs whose last apply failed.
+func (r *NixosConfigurationReconciler) decide(obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, force bool) (time.Duration, string) {
+	st := obj.Status
+	var why string
+	switch {
+	case force:
+		why = "requested with " + nio.RequestedAtAnnotation
+	case st.AppliedCommit == "":
+		why = "never applied"
+	case st.TargetMachine != m.Name:
+		why = "Machine changed"
+	case src.commit != st.AppliedCommit:
+		why = "new commit"
+	case src.archive.Digest != st.AppliedSourceDigest:
+		why = "source changed (additional files)"
+	case obj.Generation != st.AppliedSpecGeneration:
+		why = "spec changed"
+	case drifted(obj, m):
+		why = "the Machine runs another system"
+	default:
+		return 0, ""
+	}
+	if force || len(st.History) == 0 {
+		return 0, why
+	}
+	// Unchanged inputs whose last apply failed are retried with backoff, not at once:
+	// a broken commit must not rebuild in a loop. A spec change retries at once.
+	failures := 0
+	for _, h := range st.History {
+		if h.SourceDigest != src.archive.Digest || h.Result == nio.ResultSucceeded {
+			break
+		}
+		failures++
+	}
+	ready := readyCondition(st.Conditions)
+	if failures == 0 || ready == nil || ready.ObservedGeneration != obj.Generation {
+		return 0, why
+	}
+	// The backoff doubles up to the poll interval, and to at least maxRetryBackoff:
+	// a short interval must not rebuild a broken commit every minute.
+	limit := max(r.interval(obj), maxRetryBackoff)
+	backoff := r.retryBase()
+	for i := 1; i < failures && backoff < limit; i++ {
+		backoff *= 2
+	}
+	backoff = min(backoff, limit)
+	last := st.History[0]
+	end := last.StartTime.Time
+	if last.Duration != nil {
+		end = end.Add(last.Duration.Duration)
+	}
+	if wait := end.Add(backoff).Sub(r.now()); wait > 0 {
+		return wait, ""
+	}
+	return 0, why
+}
+
+func readyCondition(conds []metav1.Condition) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == nio.ConditionReady {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+// drifted reports a Machine whose agent, seen after the last apply, runs another
+// system than the one applied (someone switched by hand, or a rollback). Only for
+// switch: boot and test don't leave the applied system running by design.
+func drifted(obj *nio.NixosConfiguration, m *nio.Machine) bool {
+	st := obj.Status
+	if obj.Spec.Action != "" && obj.Spec.Action != nio.ActionSwitch || st.AppliedSystem == "" || st.LastAppliedTime == nil {
+		return false
+	}
+	sys, agent := m.Status.System, m.Status.Agent
+	if sys == nil || sys.CurrentSystem == "" || agent == nil || agent.LastSeenTime == nil {
+		return false
+	}
+	return agent.LastSeenTime.After(st.LastAppliedTime.Time) && sys.CurrentSystem != st.AppliedSystem
+}
+
+// parseFlake splits `<dir>#<attr>`.
+func parseFlake(flake string) (transport.Target, error) {
+	dir, attr, ok := strings.Cut(flake, "#")
+	if !ok || dir == "" || attr == "" {
+		return transport.Target{}, fmt.Errorf("flake %q is not <dir>#<attr>", flake)
+	}
+	return transport.Target{FlakeDir: dir, FlakeAttr: attr}, nil
+}
+
+func newOperationID(obj *nio.NixosConfiguration, digest string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	d := strings.TrimPrefix(digest, "sha256:")
+	if len(d) > 12 {
+		d = d[:12]
+	}
+	uid := string(obj.UID)
+	if len(uid) > 8 {
+		uid = uid[:8]
+	}
+	return fmt.Sprintf("%s-%s-%s", uid, d, hex.EncodeToString(b[:]))
+}
+
+// operation describes one apply through a Host.
+type operation struct {
+	// label names the operation in status and history (switch, boot, test, remove).
+	label string
+	// action is what the host does with the built system.
+	action  string
+	target  transport.Target
+	confirm time.Duration
+}
+
+// apply runs the configuration's action on the Machine and records the outcome.
+func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (reconcile.Result, error) {
+	target, err := parseFlake(obj.Spec.Flake)
+	if err != nil {
+		return reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
+	}
+	action := string(obj.Spec.Action)
+	if action == "" {
+		action = string(nio.ActionSwitch)
+	}
+	op := operation{label: action, action: action, target: target}
+	if rb := obj.Spec.Rollback; (rb.Enabled == nil || *rb.Enabled) && (action == string(nio.ActionSwitch) || action == string(nio.ActionTest)) {
+		op.confirm = rb.ConfirmTimeout.Duration
+		if op.confirm <= 0 {
+			op.confirm = time.Minute
+		}
+	}
+	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "NixosConfiguration "+obj.Name)
+	if !ok {
+		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
+		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	defer unlock()
+
+	res, started, err := r.run(ctx, sw, obj, m, src, op)
+	if err != nil {
+		return r.applyError(ctx, obj, m, err)
+	}
+	return r.record(ctx, sw, obj, m, src, op, res, started)
+}
+
+// run performs the operation on the host. The operation is written into the status
+// before it starts, so an operator restarted mid-build attaches to it.
+func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation) (transport.ApplyResult, time.Time, error) {
+	host, err := r.Hosts.Open(ctx, m)
+	if err != nil {
+		return transport.ApplyResult{}, time.Time{}, err
+	}
+	defer host.Close()
+
+	cur := obj.Status.CurrentOperation
+	if cur == nil || cur.SourceDigest != src.archive.Digest || cur.Action != op.label || cur.Commit != src.commit {
+		cur = &nio.OperationRef{
+			ID: newOperationID(obj, src.archive.Digest), Commit: src.commit, SourceDigest: src.archive.Digest,
+			Action: op.label, StartTime: metav1.NewTime(r.now()),
+		}
+	}
+	obj.Status.CurrentOperation = cur
+	obj.Status.LastAttemptedCommit = src.commit
+	markReconciling(&obj.Status.Conditions, obj.Generation, ReasonApplying,
+		fmt.Sprintf("Applying revision %s (%s) to Machine %s", revision(obj.Spec.Ref, src.commit), op.label, m.Name))
+	if err := sw.flush(ctx, obj); err != nil {
+		return transport.ApplyResult{}, time.Time{}, err
+	}
+
+	logger := log.FromContext(ctx).WithValues("operation", cur.ID, "revision", revision(obj.Spec.Ref, src.commit))
+	tail := newTail(logTailLines)
+	archive := src.archive
+	req := transport.ApplyRequest{
+		OperationID: cur.ID, Commit: src.commit, Action: transport.Action(op.action), Target: op.target,
+		Source: transport.Source{
+			Digest: archive.Digest, Size: int64(len(archive.Data)),
+			Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(archive.Data)), nil },
+		},
+		ConfirmTimeout: op.confirm,
+		OnAwaitingConfirm: func(ctx context.Context, id string) error {
+			logger.Info("confirming over a new connection")
+			return host.Confirm(ctx, id)
+		},
+		OnEvent: func(e transport.Event) {
+			switch e.Kind {
+			case transport.EventLog:
+				line := redact(e.Line, src.secrets)
+				tail.add(line)
+				logger.V(1).Info("host output", "line", line)
+			case transport.EventPhase:
+				logger.Info("phase", "phase", e.Phase)
+			}
+		},
+	}
+	started := cur.StartTime.Time
+	res, err := host.Apply(ctx, req)
+	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) {
+		// The operation ended, or never started: the next pass starts a new one. Other
+		// errors (a stream lost for good) keep it, so the next pass attaches.
+		if op := obj.Status.CurrentOperation; op != nil && op.ID == cur.ID {
+			obj.Status.CurrentOperation = nil
+		}
+	}
+	if err != nil {
+		return res, started, err
+	}
+	if len(res.LogTail) == 0 {
+		res.LogTail = tail.lines()
+	} else {
+		for i := range res.LogTail {
+			res.LogTail[i] = redact(res.LogTail[i], src.secrets)
+		}
+	}
+	res.Message = redact(res.Message, src.secrets)
+	return res, started, nil
+}
+
+// applyError handles an apply that did not reach an outcome.
+func (r *NixosConfigurationReconciler) applyError(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, err error) (reconcile.Result, error) {
+	switch {
+	case errors.Is(err, ErrConfig):
+		return reconcile.Result{}, err
+	case errors.Is(err, transport.ErrBusy):
+		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Machine %s is busy with another operation", m.Name))
+		return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+	case errors.Is(err, transport.ErrHostKeyMismatch):
+		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostKeyMismatch, err.Error())
+		return reconcile.Result{}, err
+	case errors.Is(err, transport.ErrUnreachable):
+		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Machine %s unreachable: %v", m.Name, err))
+		return reconcile.Result{}, err
+	}
+	markFailed(&obj.Status.Conditions, obj.Generation, ReasonApplyFailed, err.Error())
+	return reconcile.Result{}, err
+}
+
+// record writes the outcome of an apply: on success the configuration's status, then
+// the Machine's, then a Normal event; on failure the attempt, a Warning event with the
+// log tail, and a retry after backoff.
+func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation, res transport.ApplyResult, started time.Time) (reconcile.Result, error) {
+	now := r.now()
+	rev := revision(obj.Spec.Ref, src.commit)
+	entry := nio.HistoryEntry{
+		Commit: src.commit, Action: op.label, Transport: res.Transport, StartTime: metav1.NewTime(started),
+		Duration: &metav1.Duration{Duration: now.Sub(started).Round(time.Millisecond)}, Generation: res.Generation,
+		SourceDigest: src.archive.Digest, Message: truncate(res.Message, 512),
+	}
+	r.Metrics.observeApply(obj, res, now.Sub(started))
+
+	if res.Outcome != transport.OutcomeSucceeded {
+		entry.Result = nio.ResultFailed
+		reason := ReasonApplyFailed
+		if res.Outcome == transport.OutcomeRolledBack {
+			entry.Result, reason = nio.ResultRolledBack, ReasonRolledBack
+		}
+		pushHistory(&obj.Status, entry)
+		msg := fmt.Sprintf("Applying revision %s to Machine %s failed (%s via %s): %s", rev, m.Name, entry.Result, res.Transport, res.Message)
+		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionFalse, reason, msg)
+		markFailed(&obj.Status.Conditions, obj.Generation, reason, msg)
+		r.event(obj, corev1.EventTypeWarning, reason, "Apply", eventNote(msg, res.LogTail))
+		log.FromContext(ctx).Info("apply failed", "revision", rev, "result", entry.Result, "message", res.Message)
+		wait, _ := r.decide(obj, m, src, false)
+		if wait <= 0 {
+			wait = r.retryBase()
+		}
+		return reconcile.Result{RequeueAfter: wait}, nil
+	}
+
+	entry.Result = nio.ResultSucceeded
+	pushHistory(&obj.Status, entry)
+	st := &obj.Status
+	st.AppliedCommit, st.AppliedCommitShort = src.commit, shortCommit(src.commit)
+	st.LastAppliedTime = &metav1.Time{Time: now}
+	st.AppliedSourceDigest, st.AppliedSpecGeneration = src.archive.Digest, obj.Generation
+	st.AppliedSystem, st.TargetMachine = res.StorePath, m.Name
+	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d)", rev, m.Name, res.Transport, res.Generation)
+	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
+	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+rev)
+	// The configuration's status first, then the Machine's: a crash in between leaves
+	// the Machine behind, never ahead.
+	if err := sw.flush(ctx, obj); err != nil {
+		return reconcile.Result{}, err
+	}
+	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
+		return reconcile.Result{}, err
+	}
+	r.event(obj, corev1.EventTypeNormal, "Applied", "Apply", msg)
+	log.FromContext(ctx).Info("applied", "revision", rev, "transport", res.Transport, "generation", res.Generation)
+	return reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+}
+
+func pushHistory(st *nio.NixosConfigurationStatus, e nio.HistoryEntry) {
+	st.History = append([]nio.HistoryEntry{e}, st.History...)
+	if len(st.History) > historyLimit {
+		st.History = st.History[:historyLimit]
+	}
+}
+
+// patchMachineApplied writes the fields of the Machine's status this controller owns,
+// and only those (a JSON merge patch of the status subresource).
+func (r *NixosConfigurationReconciler) patchMachineApplied(ctx context.Context, m *nio.Machine, config, commit string, at *metav1.Time) error {
+	type fields struct {
+		HasConfiguration     bool         `json:"hasConfiguration"`
+		AppliedConfiguration *string      `json:"appliedConfiguration"`
+		AppliedCommit        *string      `json:"appliedCommit"`
+		AppliedCommitShort   *string      `json:"appliedCommitShort"`
+		LastAppliedTime      *metav1.Time `json:"lastAppliedTime"`
+	}
+	f := fields{}
+	if config != "" {
+		short := shortCommit(commit)
+		f = fields{HasConfiguration: true, AppliedConfiguration: &config, AppliedCommit: &commit, AppliedCommitShort: &short, LastAppliedTime: at}
+	}
+	body, err := json.Marshal(map[string]any{"status": f})
+	if err != nil {
+		return err
+	}
+	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
+		return fmt.Errorf("patch Machine %s status: %w", m.Name, err)
+	}
+	return nil
+}
+
+func (r *NixosConfigurationReconciler) event(obj *nio.NixosConfiguration, typ, reason, action, note string) {
+	if r.Recorder == nil {
+		return
+	}
+	r.Recorder.Eventf(obj, nil, typ, reason, action, "%s", truncate(note, eventNoteLimit))
+}
+
+// eventNote is msg followed by as much of the log tail as fits an event.
+func eventNote(msg string, tail []string) string {
+	note := msg
+	if len(tail) == 0 {
+		return note
+	}
+	room := eventNoteLimit - len(note) - len("\nlast output:")
+	var lines []string
+	for i := len(tail) - 1; i >= 0 && room > 0; i-- {
+		l := truncate(tail[i], 200)
+		if len(l)+1 > room {
+			break
+		}
+		lines = append([]string{l}, lines...)
+		room -= len(l) + 1
+	}
+	if len(lines) > 0 {
+		note += "\nlast output:\n" + strings.Join(lines, "\n")
+	}
+	return note
+}
+
+// redact replaces secret values in s.
+func redact(s string, secrets []string) string {
+	for _, v := range secrets {
+		v = strings.TrimSpace(v)
+		if len(v) < 4 {
+			continue
+		}
+		s = strings.ReplaceAll(s, v, "[redacted]")
+	}
+	return s
+}
+
+// tail keeps the last n lines.
+type tail struct {
+	n   int
+	buf []string
+}
+
+func newTail(n int) *tail { return &tail{n: n} }
+
+func (t *tail) add(l string) {
+	t.buf = append(t.buf, l)
+	if len(t.buf) > t.n {
+		t.buf = t.buf[len(t.buf)-t.n:]
+	}
+}
+
+func (t *tail) lines() []string { return append([]string(nil), t.buf...) }
+
+var _ = render.Archive{}

@@ -1,0 +1,286 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/pki"
+)
+
+// NixosConfigurationReconciler converges a Machine on a NixosConfiguration:
+// resolve → render → decide → apply → record (see DESIGN.md, "How a change flows").
+type NixosConfigurationReconciler struct {
+	client.Client
+	// APIReader reads the configuration at the start of a pass from the API server:
+	// a pass must see the status the previous pass wrote (a stale cached status
+	// would apply the same commit twice).
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Sources   *Sources
+	Hosts     Hosts
+	Locks     *HostLocks
+	Installer Installer
+	PKI       *pki.Issuer
+	Metrics   *Metrics
+	// Trigger, when set, queues configurations on request (the push webhook).
+	Trigger *Trigger
+
+	// DefaultInterval applies when spec.interval is empty (objects created before
+	// defaulting, or by clients that bypass it).
+	DefaultInterval time.Duration
+	// RetryBase is the first delay after a failed apply of unchanged inputs; it doubles
+	// per consecutive failure, up to the configuration's interval or 10 minutes,
+	// whichever is longer.
+	RetryBase time.Duration
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/finalizers,verbs=update
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile runs one pass for one NixosConfiguration.
+func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
+	start := r.now()
+	obj := &nio.NixosConfiguration{}
+	reader := r.APIReader
+	if reader == nil {
+		reader = r.Client
+	}
+	if err := reader.Get(ctx, req.NamespacedName, obj); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	defer func() { r.Metrics.observeReconcile("NixosConfiguration", start, retErr) }()
+
+	// The status is written at the end of the pass (and, by apply, before a long
+	// operation), with what changed since it was read.
+	sw := newStatusWriter(r.Client, obj)
+	defer func() {
+		if err := sw.flush(ctx, obj); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+
+	if !obj.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, sw, obj)
+	}
+	if !controllerutil.ContainsFinalizer(obj, nio.Finalizer) {
+		patch := client.MergeFrom(obj.DeepCopy())
+		controllerutil.AddFinalizer(obj, nio.Finalizer)
+		if err := r.Patch(ctx, obj, patch); err != nil {
+			return reconcile.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+		sw.base.SetFinalizers(obj.Finalizers)
+		sw.base.SetResourceVersion(obj.ResourceVersion)
+	}
+	if obj.Spec.Suspend {
+		log.FromContext(ctx).V(1).Info("suspended")
+		return reconcile.Result{}, nil
+	}
+	obj.Status.ObservedGeneration = obj.Generation
+
+	result, err := r.reconcile(ctx, sw, obj)
+	return r.summarize(ctx, obj, result, err)
+}
+
+// summarize turns the pass's outcome into conditions and a requeue decision:
+// configuration errors stall (no requeue: a change to the object or to what it
+// references triggers the next pass), other errors are retried with backoff.
+func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.NixosConfiguration, result reconcile.Result, err error) (reconcile.Result, error) {
+	if err == nil {
+		return result, nil
+	}
+	var stalled stalledError
+	switch {
+	case errors.As(err, &stalled):
+		markStalled(&obj.Status.Conditions, obj.Generation, stalled.reason, stalled.Error())
+		log.FromContext(ctx).Info("stalled", "reason", stalled.reason, "message", stalled.Error())
+		return reconcile.Result{}, nil
+	case errors.Is(err, ErrConfig):
+		markStalled(&obj.Status.Conditions, obj.Generation, ReasonInvalidConfig, err.Error())
+		log.FromContext(ctx).Info("stalled", "reason", ReasonInvalidConfig, "message", err.Error())
+		return reconcile.Result{}, nil
+	}
+	if !hasReadyFalse(obj.Status.Conditions) {
+		markFailed(&obj.Status.Conditions, obj.Generation, ReasonProgressing, err.Error())
+	}
+	return reconcile.Result{}, err
+}
+
+// stalledError is a configuration error with a specific reason.
+type stalledError struct {
+	reason string
+	err    error
+}
+
+func (e stalledError) Error() string { return e.err.Error() }
+func (e stalledError) Unwrap() error { return e.err }
+
+func stalled(reason string, format string, args ...any) error {
+	return stalledError{reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+func hasReadyFalse(conds []metav1.Condition) bool {
+	for _, c := range conds {
+		if c.Type == nio.ConditionReady && c.Status == metav1.ConditionFalse {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
+	machine, err := r.machine(ctx, obj)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if err := r.claim(ctx, obj, machine); err != nil {
+		return reconcile.Result{}, err
+	}
+
+	force := false
+	if at, ok := obj.Annotations[nio.RequestedAtAnnotation]; ok && at != obj.Status.LastHandledRequestedAt {
+		force = true
+		obj.Status.LastHandledRequestedAt = at
+	}
+
+	src, err := r.resolve(ctx, obj, machine)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	if src.waitingFor != "" {
+		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonDependencyPending, src.waitingFor)
+		return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+	}
+
+	if obj.Spec.FullInstall {
+		done, res, err := r.reconcileInstall(ctx, sw, obj, machine, src)
+		if err != nil || !done {
+			return res, err
+		}
+	}
+
+	if wait, why := r.decide(obj, machine, src, force); why == "" {
+		if wait > 0 {
+			return reconcile.Result{RequeueAfter: wait}, nil
+		}
+		markReady(&obj.Status.Conditions, obj.Generation, ReasonSucceeded,
+			"Applied revision "+revision(obj.Spec.Ref, obj.Status.AppliedCommit))
+		return reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+	} else {
+		log.FromContext(ctx).Info("applying", "revision", revision(obj.Spec.Ref, src.commit), "why", why)
+	}
+	return r.apply(ctx, sw, obj, machine, src)
+}
+
+// machine returns the referenced Machine.
+func (r *NixosConfigurationReconciler) machine(ctx context.Context, obj *nio.NixosConfiguration) (*nio.Machine, error) {
+	m := &nio.Machine{}
+	key := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.MachineRef.Name}
+	if err := r.Get(ctx, key, m); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, stalled(ReasonMachineNotFound, "Machine %s not found", key.Name)
+		}
+		return nil, fmt.Errorf("get Machine %s: %w", key.Name, err)
+	}
+	return m, nil
+}
+
+// claim enforces one configuration per Machine: the configuration the Machine runs
+// keeps it; otherwise the oldest live configuration naming the Machine wins. The
+// others stall with MachineInUse until the Machine is free.
+func (r *NixosConfigurationReconciler) claim(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine) error {
+	var list nio.NixosConfigurationList
+	if err := r.List(ctx, &list, client.InNamespace(obj.Namespace), client.MatchingFields{indexMachineRef: m.Name}); err != nil {
+		return fmt.Errorf("list configurations of Machine %s: %w", m.Name, err)
+	}
+	owner := owner(list.Items, m.Status.AppliedConfiguration)
+	if owner != nil && owner.Name != obj.Name {
+		return stalled(ReasonMachineInUse, "Machine %s runs NixosConfiguration %s; delete it first", m.Name, owner.Name)
+	}
+	return nil
+}
+
+// owner is the configuration that owns a Machine among those naming it: the one the
+// Machine runs (named by its status) if it is still there, else the earliest created
+// (then the first by name; creation times have second precision).
+func owner(items []nio.NixosConfiguration, running string) *nio.NixosConfiguration {
+	for i := range items {
+		if items[i].Name == running && items[i].DeletionTimestamp.IsZero() {
+			return &items[i]
+		}
+	}
+	return oldest(items)
+}
+
+// oldest is the configuration that owns a Machine: the earliest created (then the
+// first by name) among those not being deleted.
+func oldest(items []nio.NixosConfiguration) *nio.NixosConfiguration {
+	live := make([]*nio.NixosConfiguration, 0, len(items))
+	for i := range items {
+		if items[i].DeletionTimestamp.IsZero() {
+			live = append(live, &items[i])
+		}
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	sort.Slice(live, func(i, j int) bool {
+		ti, tj := live[i].CreationTimestamp, live[j].CreationTimestamp
+		if !ti.Equal(&tj) {
+			return ti.Before(&tj)
+		}
+		return live[i].Name < live[j].Name
+	})
+	return live[0]
+}
+
+func (r *NixosConfigurationReconciler) interval(obj *nio.NixosConfiguration) time.Duration {
+	if d := obj.Spec.Interval.Duration; d > 0 {
+		return d
+	}
+	if r.DefaultInterval > 0 {
+		return r.DefaultInterval
+	}
+	return 5 * time.Minute
+}
+
+func (r *NixosConfigurationReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// secret reads a Secret of the configuration's namespace; a missing Secret is a
+// configuration error.
+func (r *NixosConfigurationReconciler) secret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, stalled(ReasonInvalidConfig, "Secret %s not found", name)
+		}
+		return nil, fmt.Errorf("get Secret %s: %w", name, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,110 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+)
+
+const dbPassword = "correct-horse-battery-staple-91"
+
+// TestAdditionalFilesReachTheSource: inline, Secret and nixos-facter files are in the
+// archive the host receives (the Secret's 0600); a change of the Secret applies
+// again; no secret value is in any event, condition, status or log line.
+func TestAdditionalFilesReachTheSource(t *testing.T) {
+	f := newFixture(t)
+	first := f.commit("1")
+	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet := newFakeFleet()
+	fleet.host("worker-01").set(func(h *fakeHost) { h.facts = report })
+	f.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-secret", Namespace: f.ns},
+		Data: map[string][]byte{"password": []byte(dbPassword)}})
+	f.op = startOperator(t, f.ns, fleet, nil)
+
+	// The usage guide's additionalFiles snippet.
+	inline := "{ config, pkgs, ... }:\n{\n  services.postgresql.enable = true;\n}\n"
+	f.create(f.config("worker-config", "worker-01", func(c *nio.NixosConfiguration) {
+		c.Spec.AdditionalFiles = []nio.AdditionalFile{
+			{Path: "secrets/database-password", Value: nio.AdditionalFileValue{SecretRef: &nio.SecretKeyReference{Name: "db-secret"}}},
+			{Path: "config/custom.nix", Value: nio.AdditionalFileValue{Inline: &inline}},
+			{Path: "facts/system-info", Value: nio.AdditionalFileValue{NixosFacter: ptrTo(true)}},
+		}
+	}))
+	f.waitApplied("worker-config", "worker-01", first)
+
+	host := fleet.host("worker-01")
+	op := host.ops()[0]
+	if op.Files["secrets/database-password"] != dbPassword || op.Modes["secrets/database-password"] != 0o600 {
+		t.Errorf("secret file = %q mode %o, want the Secret's value, 0600", op.Files["secrets/database-password"], op.Modes["secrets/database-password"])
+	}
+	if op.Files["config/custom.nix"] != inline || op.Modes["config/custom.nix"] != 0o644 {
+		t.Errorf("inline file = %q", op.Files["config/custom.nix"])
+	}
+	if op.Files["facts/system-info"] != string(report) {
+		t.Errorf("facter file has %d bytes, want the Machine's %d-byte report", len(op.Files["facts/system-info"]), len(report))
+	}
+	m := getMachine(t, f.ns, "worker-01")
+	if m.Status.Facts == nil || m.Status.Facts.System != "x86_64-linux" || m.Status.Facts.MemoryBytes != 4026531840 || m.Status.LastHardwareScanTime == nil {
+		t.Errorf("Machine facts = %+v", m.Status.Facts)
+	}
+
+	// A new Secret value is a new source: applied without a new commit.
+	ctx := context.Background()
+	s := &corev1.Secret{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: f.ns, Name: "db-secret"}, s); err != nil {
+		t.Fatal(err)
+	}
+	rotated := dbPassword + "-rotated"
+	s.Data["password"] = []byte(rotated)
+	if err := env.Client.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "rotated secret applied", func() error {
+		ops := host.ops()
+		if last := ops[len(ops)-1]; len(ops) < 2 || last.Files["secrets/database-password"] != rotated || last.Outcome != "Succeeded" {
+			return errorf("%d applies", len(ops))
+		}
+		return nil
+	})
+	c := getConfig(t, f.ns, "worker-config")
+	if len(c.Status.History) != 2 || c.Status.History[0].Commit != first || c.Status.History[0].SourceDigest == c.Status.History[1].SourceDigest {
+		t.Errorf("history = %+v, want two applies of one commit with different sources", c.Status.History)
+	}
+
+	// No secret anywhere a person or a log collector can read.
+	for _, secret := range []string{dbPassword, rotated, testToken} {
+		assertNowhere(t, f.ns, secret)
+	}
+}
+
+// assertNowhere fails if value appears in the events, statuses or operator logs.
+func assertNowhere(t *testing.T, ns, value string) {
+	t.Helper()
+	var places []string
+	for _, e := range eventsOf(t, ns, "worker-config") {
+		places = append(places, e.Note)
+	}
+	for _, e := range eventsOf(t, ns, "worker-01") {
+		places = append(places, e.Note)
+	}
+	c, _ := json.Marshal(getConfig(t, ns, "worker-config").Status)
+	m, _ := json.Marshal(getMachine(t, ns, "worker-01").Status)
+	places = append(places, string(c), string(m), logs.String())
+	for i, p := range places {
+		if strings.Contains(p, value) {
+			t.Errorf("secret value found in place %d of %d: %.200s", i, len(places), p)
+		}
+	}
+}

@@ -1,0 +1,286 @@
+package controller
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+// Installer runs nixos-anywhere (install.Runner; a recording stand-in in tests: what
+// can't run here — kexec, a disk wipe — is behind this seam).
+type Installer interface {
+	Run(ctx context.Context, req install.Request) (install.Result, error)
+}
+
+// reconcileInstall runs nixos-anywhere once for a fullInstall configuration. It
+// returns done=true when the host is installed and the pass may go on to day-two
+// switches. The install is once-only: a host that carries the marker, or answers as
+// nio-agent, is never wiped again unless a new nio.homystack.com/reinstall value asks
+// for it. Status alone never decides a wipe.
+func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, reconcile.Result, error) {
+	reinstall := obj.Annotations[nio.ReinstallAnnotation]
+	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
+	if obj.Status.FullInstallCompleted && !wantReinstall {
+		return true, reconcile.Result{}, nil
+	}
+	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "install of "+obj.Name)
+	if !ok {
+		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
+		return false, reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+	}
+	defer unlock()
+
+	host, err := r.Hosts.Open(ctx, m)
+	if err != nil {
+		return false, reconcile.Result{}, err
+	}
+	defer host.Close()
+
+	if !wantReinstall {
+		installed, how, err := r.installedAlready(ctx, host)
+		if err != nil {
+			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonHostUnreachable, err.Error())
+			markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Cannot tell whether Machine %s is installed: %v", m.Name, err))
+			return false, reconcile.Result{}, err
+		}
+		if installed {
+			obj.Status.FullInstallCompleted = true
+			if obj.Status.InstalledTime == nil {
+				obj.Status.InstalledTime = &metav1.Time{Time: r.now()}
+			}
+			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonAlreadyInstalled,
+				fmt.Sprintf("Machine %s is already installed (%s); set %s to install again", m.Name, how, nio.ReinstallAnnotation))
+			return true, reconcile.Result{}, nil
+		}
+	}
+	return r.runInstall(ctx, sw, obj, m, src, reinstall)
+}
+
+// installedAlready asks the host itself: our agent answering means NIO installed or
+// adopted it; otherwise the marker file, over SSH.
+func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, host Host) (bool, string, error) {
+	if p := host.Probe(ctx); p.AgentReachable {
+		return true, "nio-agent answers", nil
+	}
+	present, err := host.InstallMarkerPresent(ctx)
+	if err != nil {
+		return false, "", err
+	}
+	if present {
+		return true, "marker " + install.MarkerPath + " present", nil
+	}
+	return false, "", nil
+}
+
+func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, reinstall string) (bool, reconcile.Result, error) {
+	target, err := parseFlake(obj.Spec.Flake)
+	if err != nil {
+		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
+	}
+	key, err := MachineSSHKey(ctx, r.Client, m)
+	if err != nil {
+		return false, reconcile.Result{}, err
+	}
+	if r.PKI == nil || r.Installer == nil {
+		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "fullInstall is not available: the operator runs without an installer")
+	}
+	ident, err := r.PKI.IssueMachineServer(m.Namespace, m.Name)
+	if err != nil {
+		return false, reconcile.Result{}, fmt.Errorf("issue agent certificate: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "nio-install-")
+	if err != nil {
+		return false, reconcile.Result{}, err
+	}
+	defer os.RemoveAll(dir)
+	if err := unpackArchive(src.archive.Data, dir); err != nil {
+		return false, reconcile.Result{}, fmt.Errorf("unpack source for nixos-anywhere: %w", err)
+	}
+
+	started := r.now()
+	obj.Status.LastAttemptedCommit = src.commit
+	setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstalling,
+		fmt.Sprintf("Installing revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name))
+	markReconciling(&obj.Status.Conditions, obj.Generation, ReasonInstalling, "Installing with nixos-anywhere")
+	if err := sw.flush(ctx, obj); err != nil {
+		return false, reconcile.Result{}, err
+	}
+
+	logger := log.FromContext(ctx)
+	port := int(m.Spec.SSHPort)
+	if port == 0 {
+		port = 22
+	}
+	user := m.Spec.SSHUser
+	if user == "" {
+		user = "root"
+	}
+	res, runErr := r.Installer.Run(ctx, install.Request{
+		Namespace: m.Namespace, Machine: m.Name, Configuration: obj.Name, Commit: src.commit,
+		SourceDir: dir, FlakeDir: target.FlakeDir, FlakeAttr: target.FlakeAttr,
+		User: user, Host: m.Spec.IPAddress, Port: port, SSHPrivateKey: key,
+		AgentTLS:         install.AgentTLS{CA: ident.CAPEM, Cert: ident.CertPEM, Key: ident.KeyPEM},
+		KexecURL:         obj.Spec.KexecImage,
+		FacterReportPath: src.facterPath,
+		OnLine:           func(l string) { logger.V(1).Info("nixos-anywhere", "line", redact(l, src.secrets)) },
+	})
+	if reinstall != "" {
+		obj.Status.LastHandledReinstallAt = reinstall
+	}
+	entry := nio.HistoryEntry{
+		Commit: src.commit, Action: "install", Transport: nio.TransportInstall, StartTime: metav1.NewTime(started),
+		Duration: &metav1.Duration{Duration: r.now().Sub(started).Round(time.Millisecond)}, SourceDigest: src.archive.Digest,
+	}
+	if runErr != nil {
+		for i := range res.LogTail {
+			res.LogTail[i] = redact(res.LogTail[i], src.secrets)
+		}
+		entry.Result, entry.Message = nio.ResultFailed, truncate(redact(runErr.Error(), src.secrets), 512)
+		pushHistory(&obj.Status, entry)
+		msg := fmt.Sprintf("Installing revision %s on Machine %s failed: %s", revision(obj.Spec.Ref, src.commit), m.Name, entry.Message)
+		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstallFailed, msg)
+		markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
+		r.event(obj, corev1.EventTypeWarning, ReasonInstallFailed, "Install", eventNote(msg, res.LogTail))
+		r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeFailed}, r.now().Sub(started))
+		return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+	}
+
+	// nixos-anywhere installed the system of this commit: it is applied.
+	now := r.now()
+	entry.Result = nio.ResultSucceeded
+	pushHistory(&obj.Status, entry)
+	st := &obj.Status
+	st.FullInstallCompleted, st.InstalledTime = true, &metav1.Time{Time: now}
+	st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = src.commit, shortCommit(src.commit), &metav1.Time{Time: now}
+	st.AppliedSourceDigest, st.AppliedSpecGeneration, st.TargetMachine = src.archive.Digest, obj.Generation, m.Name
+	msg := fmt.Sprintf("Installed revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name)
+	setCondition(&st.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonInstalled, msg)
+	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
+	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+revision(obj.Spec.Ref, src.commit))
+	r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeSucceeded}, now.Sub(started))
+	if err := sw.flush(ctx, obj); err != nil {
+		return false, reconcile.Result{}, err
+	}
+	if err := r.patchMachineInstalled(ctx, m, res.HostPublicKey); err != nil {
+		return false, reconcile.Result{}, err
+	}
+	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
+		return false, reconcile.Result{}, err
+	}
+	r.event(obj, corev1.EventTypeNormal, ReasonInstalled, "Install", msg)
+	return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+}
+
+// patchMachineInstalled records the fingerprint of the host key the operator
+// generated for the new system, so SSH trusts it without trust-on-first-use.
+func (r *NixosConfigurationReconciler) patchMachineInstalled(ctx context.Context, m *nio.Machine, hostKey string) error {
+	if hostKey == "" {
+		return nil
+	}
+	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
+	if err != nil {
+		return fmt.Errorf("installed host key: %w", err)
+	}
+	body, _ := json.Marshal(map[string]any{"status": map[string]any{"sshHostKeyFingerprint": ssh.FingerprintSHA256(pub)}})
+	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
+		return fmt.Errorf("patch Machine %s host key: %w", m.Name, err)
+	}
+	return nil
+}
+
+// MachineSSHKey reads the Machine's SSH private key from its Secret.
+func MachineSSHKey(ctx context.Context, c client.Client, m *nio.Machine) ([]byte, error) {
+	ref := m.Spec.SSHKeySecretRef
+	if ref == nil {
+		return nil, stalled(ReasonSSHKeyMissing, "Machine %s has no sshKeySecretRef", m.Name)
+	}
+	key := ref.Key
+	if key == "" {
+		key = "ssh-privatekey"
+	}
+	s := &corev1.Secret{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: ref.Name}, s); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			return nil, stalled(ReasonSSHKeyMissing, "Secret %s (Machine %s's SSH key) not found", ref.Name, m.Name)
+		}
+		return nil, fmt.Errorf("get Secret %s: %w", ref.Name, err)
+	}
+	v, ok := s.Data[key]
+	if !ok || len(v) == 0 {
+		return nil, stalled(ReasonSSHKeyMissing, "Secret %s has no key %q (Machine %s's SSH key)", ref.Name, key, m.Name)
+	}
+	return v, nil
+}
+
+// unpackArchive writes a rendered archive into dir (for nixos-anywhere, which reads
+// the flake from a local directory). Archives are the operator's own; paths are still
+// checked.
+func unpackArchive(data []byte, dir string) error {
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return err
+	}
+	tr := tar.NewReader(zr)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := filepath.Clean(filepath.FromSlash(h.Name))
+		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, ".."+string(filepath.Separator)) {
+			return fmt.Errorf("archive entry %q escapes the tree", h.Name)
+		}
+		p := filepath.Join(dir, name)
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_EXCL, os.FileMode(h.Mode)&0o777)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(f, tr); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Close(); err != nil {
+				return err
+			}
+		case tar.TypeSymlink:
+			if err := os.Symlink(h.Linkname, p); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("archive entry %q has unsupported type %c", h.Name, h.Typeflag)
+		}
+	}
+}

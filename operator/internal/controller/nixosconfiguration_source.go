@@ -1,0 +1,186 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/render"
+	"github.com/homystack/nio/operator/internal/source"
+)
+
+// FacterReportKey is the key of the nixos-facter report in a Machine's facts ConfigMap.
+const FacterReportKey = "facter.json"
+
+// resolvedSource is the outcome of the source phase of a pass.
+type resolvedSource struct {
+	repo    *source.Repo
+	commit  string
+	archive render.Archive
+	// secrets are the values that must never reach a log, event or status.
+	secrets []string
+	// facterPath is the path of an additional file asking for the facter report when
+	// the Machine has none yet (nixos-anywhere generates it at install).
+	facterPath string
+	// waitingFor says what the pass waits for before it can render ("" when ready).
+	waitingFor string
+}
+
+// resolve resolves spec.ref, collects the additional files and renders the archive,
+// setting status.latestCommit and the SourceReady condition.
+func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine) (*resolvedSource, error) {
+	src, err := r.resolveSource(ctx, obj, m)
+	if err != nil {
+		reason := ReasonSourceFailed
+		var st stalledError
+		if errors.As(err, &st) {
+			reason = st.reason
+		}
+		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionSourceReady, metav1.ConditionFalse, reason, err.Error())
+		return nil, err
+	}
+	if src.waitingFor == "" {
+		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionSourceReady, metav1.ConditionTrue, ReasonSourceReady,
+			fmt.Sprintf("Rendered revision %s (%s)", revision(obj.Spec.Ref, src.commit), src.archive.Digest))
+	}
+	return src, nil
+}
+
+func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine) (*resolvedSource, error) {
+	src := &resolvedSource{}
+	var creds map[string][]byte
+	if ref := obj.Spec.CredentialsRef; ref != nil {
+		s, err := r.secret(ctx, obj.Namespace, ref.Name)
+		if err != nil {
+			return nil, err
+		}
+		creds = s.Data
+		for _, v := range s.Data {
+			src.secrets = append(src.secrets, string(v))
+		}
+	}
+	repo, err := r.Sources.Repo(obj.Spec.GitRepo, creds)
+	if err != nil {
+		return nil, err
+	}
+	src.repo = repo
+	ref := obj.Spec.Ref
+	if ref == "" {
+		ref = "main"
+	}
+	commit, err := repo.Resolve(ctx, ref)
+	if err != nil {
+		return nil, sourceError(fmt.Errorf("resolve %s: %w", ref, err))
+	}
+	src.commit = commit
+	obj.Status.LatestCommit = commit
+
+	files, err := r.additionalFiles(ctx, obj, m, src)
+	if err != nil || src.waitingFor != "" {
+		return src, err
+	}
+	src.archive, err = r.Sources.Render(ctx, repo, commit, files)
+	if err != nil {
+		return nil, sourceError(err)
+	}
+	return src, nil
+}
+
+// sourceError classifies a source failure: credentials, a missing repository or ref
+// are configuration errors (fixed by a change the watches see); the network is retried.
+func sourceError(err error) error {
+	switch {
+	case errors.Is(err, source.ErrAuth), errors.Is(err, source.ErrInvalidCredentials):
+		return stalledError{reason: "AuthenticationFailed", err: err}
+	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrRefNotFound), errors.Is(err, source.ErrInvalidURL):
+		return stalledError{reason: "SourceNotFound", err: err}
+	}
+	return err
+}
+
+// additionalFiles reads the contents of spec.additionalFiles.
+func (r *NixosConfigurationReconciler) additionalFiles(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) ([]render.File, error) {
+	var files []render.File
+	for _, f := range obj.Spec.AdditionalFiles {
+		v := f.Value
+		switch {
+		case v.Inline != nil:
+			files = append(files, render.File{Path: f.Path, Content: []byte(*v.Inline)})
+		case v.SecretRef != nil:
+			data, err := r.secretValue(ctx, obj.Namespace, v.SecretRef)
+			if err != nil {
+				return nil, fmt.Errorf("additional file %s: %w", f.Path, err)
+			}
+			src.secrets = append(src.secrets, string(data))
+			files = append(files, render.File{Path: f.Path, Content: data, FromSecret: true})
+		case v.NixosFacter != nil && *v.NixosFacter:
+			report, err := r.facterReport(ctx, m)
+			if err != nil {
+				return nil, fmt.Errorf("additional file %s: %w", f.Path, err)
+			}
+			if report == nil {
+				if obj.Spec.FullInstall && !obj.Status.FullInstallCompleted {
+					src.facterPath = f.Path // nixos-anywhere generates it
+					continue
+				}
+				src.waitingFor = fmt.Sprintf("Waiting for Machine %s's nixos-facter report (additional file %s)", m.Name, f.Path)
+				return nil, nil
+			}
+			files = append(files, render.File{Path: f.Path, Content: report})
+		}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	return files, nil
+}
+
+// secretValue reads one key of a Secret; without a key the Secret must hold exactly one.
+func (r *NixosConfigurationReconciler) secretValue(ctx context.Context, namespace string, ref *nio.SecretKeyReference) ([]byte, error) {
+	s, err := r.secret(ctx, namespace, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	if ref.Key != "" {
+		v, ok := s.Data[ref.Key]
+		if !ok {
+			return nil, stalled(ReasonInvalidConfig, "Secret %s has no key %q", ref.Name, ref.Key)
+		}
+		return v, nil
+	}
+	if len(s.Data) != 1 {
+		keys := make([]string, 0, len(s.Data))
+		for k := range s.Data {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return nil, stalled(ReasonInvalidConfig, "Secret %s has %d keys %v: name one with secretRef.key", ref.Name, len(keys), keys)
+	}
+	for _, v := range s.Data {
+		return v, nil
+	}
+	return nil, nil
+}
+
+// facterReport returns the Machine's last nixos-facter report, or nil when it has none.
+func (r *NixosConfigurationReconciler) facterReport(ctx context.Context, m *nio.Machine) ([]byte, error) {
+	if m.Status.Facts == nil || m.Status.Facts.ReportConfigMap == "" {
+		return nil, nil
+	}
+	cm := &corev1.ConfigMap{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: m.Status.Facts.ReportConfigMap}, cm); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("get facts ConfigMap: %w", err)
+	}
+	if report, ok := cm.Data[FacterReportKey]; ok {
+		return []byte(report), nil
+	}
+	return nil, nil
+}

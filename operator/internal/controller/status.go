@@ -1,0 +1,47 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// statusWriter patches an object's status with what changed since the last write
+// (or since it was read). A pass flushes once at its end, and before a long
+// operation so the operation is visible (and attachable) while it runs.
+type statusWriter struct {
+	c    client.Client
+	base client.Object
+}
+
+func newStatusWriter(c client.Client, obj client.Object) *statusWriter {
+	return &statusWriter{c: c, base: obj.DeepCopyObject().(client.Object)}
+}
+
+// flush writes obj's status if it differs from the last write.
+func (w *statusWriter) flush(ctx context.Context, obj client.Object) error {
+	patch := client.MergeFrom(w.base)
+	data, err := patch.Data(obj)
+	if err != nil {
+		return fmt.Errorf("status patch: %w", err)
+	}
+	if !changesStatus(data) {
+		return nil
+	}
+	if err := w.c.Status().Patch(ctx, obj, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil // deleted during the pass
+		}
+		return fmt.Errorf("patch status: %w", err)
+	}
+	w.base = obj.DeepCopyObject().(client.Object)
+	return nil
+}
+
+// changesStatus tells whether a merge patch touches .status.
+func changesStatus(patch []byte) bool {
+	return bytes.Contains(patch, []byte(`"status"`))
+}

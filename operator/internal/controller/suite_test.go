@@ -1,0 +1,230 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/pki"
+	"github.com/homystack/nio/operator/internal/source"
+	"github.com/homystack/nio/operator/internal/testenv"
+)
+
+var (
+	env *testenv.Env
+	// logs holds everything the operators of this package logged (debug level
+	// included), so tests can scan it for secrets.
+	logs = &syncBuffer{}
+)
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(false), zap.Level(zapcore.DebugLevel)))
+	var err error
+	env, err = testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code != 0 {
+		fmt.Fprintln(os.Stderr, "operator log tail:\n"+tailOf(logs.String(), 60))
+		_ = os.WriteFile(os.TempDir()+"/nio-controller-test.log", []byte(logs.String()), 0o600)
+	}
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+func tailOf(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// operator is one running manager with both controllers, talking to fake hosts.
+type operator struct {
+	trigger   *Trigger
+	fleet     *fakeFleet
+	installer *fakeInstaller
+	cancel    context.CancelFunc
+	done      chan error
+}
+
+var nsSeq atomic.Int32
+
+// newNamespace makes a namespace for one test.
+func newNamespace(t *testing.T) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ctrl-%d", nsSeq.Add(1))}}
+	if err := env.Client.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+// startOperator runs the controllers until the test ends (or stop is called).
+func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+	t.Helper()
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		// Each test's operator sees its own namespace only: earlier tests' objects stay.
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Scheme:                 env.Scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
+		Client:                 ClientOptions(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fleet.c = mgr.GetClient()
+	if installer == nil {
+		installer = &fakeInstaller{fleet: fleet}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ca, err := pki.LoadOrCreateCA(ctx, env.Client, "default", "nio-ca", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	so := source.Options{}
+	for _, o := range sourceOpts {
+		o(&so)
+	}
+	cache, err := source.NewCache(so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := NewMetrics(prometheus.NewRegistry())
+	locks := &HostLocks{}
+	issuer := pki.NewIssuer(ca)
+	rec := mgr.GetEventRecorder("nio-operator")
+	sources := &Sources{Cache: cache}
+	trigger := NewTrigger(mgr.GetClient(), sources)
+	cr := &NixosConfigurationReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Sources: sources, Trigger: trigger, Hosts: fleet, Locks: locks,
+		Installer: installer, PKI: issuer, Metrics: metrics, RetryBase: 2 * time.Second,
+	}
+	if err := cr.SetupWithManager(ctx, mgr, 4); err != nil {
+		t.Fatal(err)
+	}
+	mr := &MachineReconciler{Client: mgr.GetClient(), Recorder: rec, Hosts: fleet, Locks: locks, PKI: issuer, Metrics: metrics,
+		ProbeInterval: 2 * time.Second}
+	if err := mr.SetupWithManager(ctx, mgr, 4); err != nil {
+		t.Fatal(err)
+	}
+	op := &operator{trigger: trigger, fleet: fleet, installer: installer, cancel: cancel, done: make(chan error, 1)}
+	go func() { op.done <- mgr.Start(ctx) }()
+	t.Cleanup(op.stop)
+	return op
+}
+
+// stop stops the manager and waits for it (idempotent).
+func (o *operator) stop() {
+	if o.cancel == nil {
+		return
+	}
+	o.cancel()
+	o.cancel = nil
+	<-o.done
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// eventually polls f until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %v: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func getConfig(t *testing.T, ns, name string) *nio.NixosConfiguration {
+	t.Helper()
+	c := &nio.NixosConfiguration{}
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func getMachine(t *testing.T, ns, name string) *nio.Machine {
+	t.Helper()
+	m := &nio.Machine{}
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// eventsOf lists the events regarding an object.
+func eventsOf(t *testing.T, ns, name string) []eventsv1.Event {
+	t.Helper()
+	var list eventsv1.EventList
+	if err := env.Client.List(context.Background(), &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var out []eventsv1.Event
+	for _, e := range list.Items {
+		if e.Regarding.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func condition(conds []metav1.Condition, typ string) *metav1.Condition {
+	for i := range conds {
+		if conds[i].Type == typ {
+			return &conds[i]
+		}
+	}
+	return nil
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

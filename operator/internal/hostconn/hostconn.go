@@ -1,0 +1,135 @@
+// Package hostconn opens the real ways to a Machine for the controllers: nio-agent
+// over mTLS first, OpenSSH when the agent can't be reached, behind the controllers'
+// Host interface.
+package hostconn
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path"
+	"strconv"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/controller"
+	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/pki"
+	"github.com/homystack/nio/operator/internal/transport"
+)
+
+// Factory opens Hosts. It reads each Machine's SSH key Secret when a Host is opened,
+// so a rotated key is used from the next pass on.
+type Factory struct {
+	// Client reads Secrets.
+	Client client.Client
+	// Credentials are the operator's mTLS credentials for agents.
+	Credentials *pki.OperatorCredentials
+	// SSH holds defaults for every SSH connection (state and TLS directories, paths
+	// of the system links); host, port, user and keys come from the Machine.
+	SSH transport.SSHConfig
+	// AgentDialTimeout bounds connecting to an agent (default 10s).
+	AgentDialTimeout time.Duration
+}
+
+var _ controller.Hosts = (*Factory)(nil)
+
+// Open returns the Host of Machine m. A Machine with the agent disabled has no agent
+// way; one without sshKeySecretRef has no SSH way.
+func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, error) {
+	h := &host{}
+	if !m.Spec.Agent.Disabled {
+		port := int(m.Spec.Agent.Port)
+		if port == 0 {
+			port = 9443
+		}
+		a, err := transport.NewAgent(transport.AgentConfig{
+			Address:   net.JoinHostPort(m.Spec.IPAddress, strconv.Itoa(port)),
+			Namespace: m.Namespace, Name: m.Name,
+			RootCAs: f.Credentials.RootCAs(), GetClientCertificate: f.Credentials.GetClientCertificate,
+			DialTimeout: f.AgentDialTimeout,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("agent transport for Machine %s: %w", m.Name, err)
+		}
+		h.agent = a
+	}
+	if m.Spec.SSHKeySecretRef != nil {
+		key, err := controller.MachineSSHKey(ctx, f.Client, m)
+		if err != nil {
+			return nil, err
+		}
+		cfg := transport.SSHConfigFor(m, key)
+		cfg.StateDir, cfg.AgentTLSDir = f.SSH.StateDir, f.SSH.AgentTLSDir
+		cfg.ProfilePath, cfg.CurrentSystemLink, cfg.BootedSystemLink = f.SSH.ProfilePath, f.SSH.CurrentSystemLink, f.SSH.BootedSystemLink
+		cfg.DialTimeout = f.SSH.DialTimeout
+		s, err := transport.NewSSH(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("ssh transport for Machine %s: %w", m.Name, err)
+		}
+		h.ssh = s
+	}
+	h.Fallback = transport.Fallback{}
+	if h.agent != nil {
+		h.Fallback.Agent = h.agent
+	}
+	if h.ssh != nil {
+		h.Fallback.SSH = h.ssh
+	}
+	h.agentTLSDir = f.SSH.AgentTLSDir
+	if h.agentTLSDir == "" {
+		h.agentTLSDir = transport.DefaultAgentTLSDir
+	}
+	return h, nil
+}
+
+// host is the fallback transport plus the SSH- and agent-only duties.
+type host struct {
+	transport.Fallback
+	agent       *transport.Agent
+	ssh         *transport.SSH
+	agentTLSDir string
+}
+
+func (h *host) needSSH(what string) error {
+	if h.ssh == nil {
+		return fmt.Errorf("%s needs SSH, and the Machine has no sshKeySecretRef", what)
+	}
+	return nil
+}
+
+func (h *host) AgentIdentityPresent(ctx context.Context) (bool, error) {
+	if err := h.needSSH("checking the agent's TLS identity"); err != nil {
+		return false, err
+	}
+	return h.ssh.FileExists(ctx, path.Join(h.agentTLSDir, "tls.crt"))
+}
+
+func (h *host) InstallAgentIdentity(ctx context.Context, caPEM, certPEM, keyPEM []byte) error {
+	if err := h.needSSH("delivering the agent's TLS identity"); err != nil {
+		return err
+	}
+	if err := h.ssh.InstallAgentTLS(ctx, transport.AgentTLSFiles{CACert: caPEM, Cert: certPEM, Key: keyPEM}); err != nil {
+		return err
+	}
+	return h.ssh.RestartAgent(ctx)
+}
+
+func (h *host) RenewAgentCertificate(ctx context.Context, sign func([]byte) ([]byte, error)) (time.Time, error) {
+	if h.agent == nil {
+		return time.Time{}, fmt.Errorf("the Machine's agent is disabled")
+	}
+	return h.agent.RenewCertificate(ctx, sign)
+}
+
+func (h *host) InstallMarkerPresent(ctx context.Context) (bool, error) {
+	if err := h.needSSH("checking the install marker"); err != nil {
+		return false, err
+	}
+	return h.ssh.FileExists(ctx, install.MarkerPath)
+}
+
+// Close has nothing to release: every call dials its own connection.
+func (h *host) Close() error { return nil }

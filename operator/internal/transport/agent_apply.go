@@ -1,0 +1,296 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
+	nio "github.com/homystack/nio/api/v1alpha1"
+)
+
+func grpcConnectParams(timeout time.Duration) grpc.ConnectParams {
+	return grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: timeout}
+}
+
+// Reconnect backoff of Apply after a broken stream.
+const (
+	reconnectInitial = 100 * time.Millisecond
+	reconnectMax     = 5 * time.Second
+)
+
+// applyState carries what survives a reconnect.
+type applyState struct {
+	req        ApplyRequest
+	lastSeq    uint64 // last event sequence seen
+	bytesSent  int64
+	confirmed  bool // OnAwaitingConfirm was called
+	confirming sync.WaitGroup
+	tail       *emitter
+	everActive bool // some attempt reached the agent's handler
+}
+
+// Apply runs an operation on the agent. The source is sent only when the agent asks
+// for it. When the stream breaks, Apply reconnects and sends the same header with
+// resume_after_sequence, which attaches to the running operation — a second
+// operation is never started. Only a failure before the agent ever answered is
+// ErrUnreachable (the fallback may then use SSH); a failure after that is
+// ErrOutcomeUnknown.
+func (a *Agent) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
+	res := ApplyResult{Transport: nio.TransportAgent}
+	header, err := applyHeader(req)
+	if err != nil {
+		return res, err
+	}
+	st := &applyState{req: req, tail: newEmitter(req.OnEvent)}
+	// The confirmation callback finishes before Apply returns, whatever happens.
+	defer st.confirming.Wait()
+	delay := reconnectInitial
+	var deadline time.Time
+	for {
+		r, broken, err := a.applyOnce(ctx, header, st)
+		res.SourceBytesSent = st.bytesSent
+		if err == nil {
+			st.confirming.Wait()
+			r.Transport, r.SourceBytesSent, r.LogTail = nio.TransportAgent, st.bytesSent, st.tail.tail()
+			return r, nil
+		}
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("agent %s apply %s: %w", a.cfg.Address, req.OperationID, ctx.Err())
+		}
+		if !broken {
+			return res, err
+		}
+		if !st.everActive {
+			// Never reached a handler: nothing runs on the host.
+			return res, err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(a.cfg.ReconnectTimeout)
+		}
+		if time.Now().Add(delay).After(deadline) {
+			// %v, not %w: the last attempt's ErrUnreachable must not reach the
+			// fallback, which would start nixos-rebuild beside the running operation.
+			return res, fmt.Errorf("agent %s apply %s: %w (gave up re-attaching after %s: %v)", a.cfg.Address, req.OperationID, ErrOutcomeUnknown, a.cfg.ReconnectTimeout, err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, fmt.Errorf("agent %s apply %s: %w", a.cfg.Address, req.OperationID, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, reconnectMax)
+	}
+}
+
+func applyHeader(req ApplyRequest) (*agentv1.ApplyHeader, error) {
+	if req.OperationID == "" {
+		return nil, errors.New("apply: an operation id is required")
+	}
+	h := &agentv1.ApplyHeader{
+		OperationId:  req.OperationID,
+		Commit:       req.Commit,
+		SourceDigest: req.Source.Digest,
+		SourceSize:   req.Source.Size,
+	}
+	switch req.Action {
+	case ActionSwitch:
+		h.Action = agentv1.Action_ACTION_SWITCH
+	case ActionBoot:
+		h.Action = agentv1.Action_ACTION_BOOT
+	case ActionTest:
+		h.Action = agentv1.Action_ACTION_TEST
+	case ActionDryActivate:
+		h.Action = agentv1.Action_ACTION_DRY_ACTIVATE
+	case ActionBuild:
+		h.Action = agentv1.Action_ACTION_BUILD
+	default:
+		return nil, fmt.Errorf("apply: unknown action %q", req.Action)
+	}
+	switch t := req.Target; {
+	case t.FlakeAttr != "" && t.ModuleFile == "":
+		dir := t.FlakeDir
+		if dir == "" {
+			dir = "."
+		}
+		h.Target = &agentv1.ApplyHeader_Flake{Flake: &agentv1.FlakeTarget{Dir: dir, Attr: t.FlakeAttr}}
+	case t.ModuleFile != "" && t.FlakeAttr == "":
+		h.Target = &agentv1.ApplyHeader_Module{Module: &agentv1.ModuleTarget{Path: t.ModuleFile}}
+	default:
+		return nil, errors.New("apply: target needs exactly one of a flake attribute and a module file")
+	}
+	if req.ConfirmTimeout > 0 {
+		h.ConfirmTimeout = durationpb.New(req.ConfirmTimeout)
+	}
+	return h, nil
+}
+
+// applyOnce is one Apply stream on a new connection. broken says the stream failed in
+// transport (worth re-attaching), as opposed to an answer from the agent.
+func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *applyState) (res ApplyResult, broken bool, err error) {
+	c, err := a.dial()
+	if err != nil {
+		return res, false, err
+	}
+	defer c.cc.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	stream, err := c.client.Apply(sctx)
+	if err != nil {
+		return res, isBroken(ctx, err), a.classify("apply", c, err)
+	}
+	h := proto.CloneOf(header)
+	h.ResumeAfterSequence = st.lastSeq
+	if err := stream.Send(&agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Header{Header: h}}); err != nil {
+		// The real reason arrives on Recv.
+		_, err = stream.Recv()
+		return res, isBroken(ctx, err), a.classify("apply", c, eofAsBroken(err))
+	}
+	first := true
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			err = eofAsBroken(err)
+			if up, _ := c.state.get(); up && status.Code(err) != codes.Aborted && status.Code(err) != codes.InvalidArgument {
+				// The agent answered this connection: the header may have started
+				// the operation, so a later failure must never fall back to SSH.
+				st.everActive = true
+			}
+			return res, isBroken(ctx, err), a.classify("apply "+header.GetOperationId(), c, err)
+		}
+		st.everActive = true
+		seq := resp.GetSequence()
+		if first && seq <= st.lastSeq {
+			// An attach replays only later events, so an early sequence means the
+			// agent started the operation afresh (it had dropped an interrupted
+			// source transfer). Follow the new run from its start.
+			st.tail.emit(Event{Kind: EventLog, Line: "agent restarted the operation after an interrupted transfer"})
+			st.lastSeq = 0
+		}
+		first = false
+		if seq != 0 && seq <= st.lastSeq {
+			continue // already relayed
+		}
+		st.lastSeq = seq
+		var when time.Time
+		if resp.GetTime() != nil {
+			when = resp.GetTime().AsTime()
+		}
+		switch ev := resp.GetEvent().(type) {
+		case *agentv1.ApplyResponse_NeedSource:
+			if err := a.sendSource(stream, st); err != nil {
+				return res, true, err
+			}
+		case *agentv1.ApplyResponse_Phase:
+			p := phaseOf(ev.Phase.GetPhase())
+			st.tail.emit(Event{Kind: EventPhase, Sequence: seq, Time: when, Phase: p, Detail: ev.Phase.GetDetail()})
+			if p == PhaseAwaitingConfirm && !st.confirmed && st.req.OnAwaitingConfirm != nil {
+				// In its own goroutine: the agent answers Confirm only when the
+				// operation has ended, and that end arrives on this stream, which
+				// must keep being read meanwhile.
+				st.confirmed = true
+				st.confirming.Add(1)
+				go func() {
+					defer st.confirming.Done()
+					if err := st.req.OnAwaitingConfirm(ctx, header.GetOperationId()); err != nil {
+						st.tail.emit(Event{Kind: EventLog, Line: "confirm failed: " + err.Error()})
+					}
+				}()
+			}
+		case *agentv1.ApplyResponse_Log:
+			st.tail.emit(Event{Kind: EventLog, Sequence: seq, Time: when, Line: ev.Log.GetText(), Stderr: ev.Log.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR})
+		case *agentv1.ApplyResponse_Result:
+			r := ev.Result
+			return ApplyResult{
+				Outcome:    outcomeOf(r.GetOutcome()),
+				Message:    r.GetMessage(),
+				Generation: r.GetGeneration(),
+				StorePath:  r.GetStorePath(),
+			}, false, nil
+		}
+	}
+}
+
+// sendSource streams the archive in chunks.
+func (a *Agent) sendSource(stream agentv1.AgentService_ApplyClient, st *applyState) error {
+	if st.req.Source.Open == nil {
+		return errors.New("the agent asked for the source, but the request has none")
+	}
+	rc, err := st.req.Source.Open()
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	defer rc.Close()
+	buf := make([]byte, a.cfg.ChunkSize)
+	for {
+		n, rerr := io.ReadFull(rc, buf)
+		if n > 0 {
+			chunk := &agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Chunk{Chunk: &agentv1.SourceChunk{Data: buf[:n]}}}
+			if err := stream.Send(chunk); err != nil {
+				// The stream broke; Recv in the caller's next round reports why.
+				return nil
+			}
+			st.bytesSent += int64(n)
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if rerr != nil {
+			return fmt.Errorf("read source: %w", rerr)
+		}
+	}
+}
+
+// eofAsBroken turns an EOF before the result into a transport failure.
+func eofAsBroken(err error) error {
+	if errors.Is(err, io.EOF) {
+		return status.Error(codes.Unavailable, "stream ended before the result")
+	}
+	return err
+}
+
+// isBroken says whether err is the connection failing rather than the agent's answer.
+func isBroken(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Canceled, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+func phaseOf(p agentv1.Phase) Phase {
+	switch p {
+	case agentv1.Phase_PHASE_RECEIVING_SOURCE:
+		return PhaseReceivingSource
+	case agentv1.Phase_PHASE_UNPACKING:
+		return PhaseUnpacking
+	case agentv1.Phase_PHASE_BUILDING:
+		return PhaseBuilding
+	case agentv1.Phase_PHASE_SETTING_PROFILE:
+		return PhaseSettingProfile
+	case agentv1.Phase_PHASE_ACTIVATING:
+		return PhaseActivating
+	case agentv1.Phase_PHASE_AWAITING_CONFIRM:
+		return PhaseAwaitingConfirm
+	case agentv1.Phase_PHASE_ROLLING_BACK:
+		return PhaseRollingBack
+	case agentv1.Phase_PHASE_DONE:
+		return PhaseDone
+	}
+	return Phase(p.String())
+}

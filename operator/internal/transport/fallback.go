@@ -1,0 +1,108 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Fallback tries the agent first and SSH when the agent can't be reached: a dial or
+// TLS failure before the agent ever answered (ErrUnreachable). An agent that answered
+// — a failed build, ErrBusy, a broken stream after the operation began
+// (ErrOutcomeUnknown) — is never bypassed: running nixos-rebuild beside a running
+// agent operation could activate two systems at once.
+type Fallback struct {
+	// Agent is nil when the Machine's agent is disabled.
+	Agent Transport
+	// SSH is nil when the Machine has no SSH key.
+	SSH Transport
+}
+
+var _ Transport = (*Fallback)(nil)
+
+func (f *Fallback) viaSSH(err error) bool {
+	return f.SSH != nil && (f.Agent == nil || errors.Is(err, ErrUnreachable))
+}
+
+func (f *Fallback) none() error {
+	return errors.New("no transport: the agent is disabled and the Machine has no SSH key")
+}
+
+// Apply runs the operation on the agent, or over SSH when the agent can't be
+// reached; ApplyResult.Transport says which ran.
+func (f *Fallback) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
+	var agentErr error
+	if f.Agent != nil {
+		res, err := f.Agent.Apply(ctx, req)
+		if !f.viaSSH(err) {
+			return res, err
+		}
+		agentErr = err
+	}
+	if f.SSH == nil {
+		return ApplyResult{}, f.none()
+	}
+	res, err := f.SSH.Apply(ctx, req)
+	if err != nil && agentErr != nil {
+		return res, fmt.Errorf("%w (the agent was unreachable too: %v)", err, agentErr)
+	}
+	return res, err
+}
+
+// Status asks the agent, or SSH when the agent can't be reached.
+func (f *Fallback) Status(ctx context.Context) (SystemStatus, error) {
+	if f.Agent != nil {
+		st, err := f.Agent.Status(ctx)
+		if !f.viaSSH(err) {
+			return st, err
+		}
+	}
+	if f.SSH == nil {
+		return SystemStatus{}, f.none()
+	}
+	return f.SSH.Status(ctx)
+}
+
+// Facts asks the agent, or SSH when the agent can't be reached.
+func (f *Fallback) Facts(ctx context.Context) ([]byte, error) {
+	if f.Agent != nil {
+		b, err := f.Agent.Facts(ctx)
+		if !f.viaSSH(err) {
+			return b, err
+		}
+	}
+	if f.SSH == nil {
+		return nil, f.none()
+	}
+	return f.SSH.Facts(ctx)
+}
+
+// Confirm goes to the agent: only agent operations wait for a confirmation (SSH
+// applies confirm themselves, see SSH.Apply).
+func (f *Fallback) Confirm(ctx context.Context, operationID string) error {
+	if f.Agent == nil {
+		if f.SSH == nil {
+			return f.none()
+		}
+		return f.SSH.Confirm(ctx, operationID)
+	}
+	return f.Agent.Confirm(ctx, operationID)
+}
+
+// Probe reports both ways to the host.
+func (f *Fallback) Probe(ctx context.Context) ProbeResult {
+	var p ProbeResult
+	if f.Agent != nil {
+		a := f.Agent.Probe(ctx)
+		p.AgentReachable, p.AgentError, p.AgentVersion = a.AgentReachable, a.AgentError, a.AgentVersion
+	} else {
+		p.AgentError = errors.New("the agent is disabled")
+	}
+	if f.SSH != nil {
+		s := f.SSH.Probe(ctx)
+		p.SSHReachable, p.SSHError, p.SSHHostKeyFingerprint = s.SSHReachable, s.SSHError, s.SSHHostKeyFingerprint
+	} else {
+		p.SSHError = errors.New("the Machine has no SSH key")
+	}
+	return p
+}
