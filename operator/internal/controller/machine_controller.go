@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -40,7 +41,15 @@ type MachineReconciler struct {
 	FactsInterval time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
+
+	// factsFailed remembers when collecting facts last failed per Machine, so a host
+	// without nixos-facter is asked again every factsRetry, not on every probe.
+	factsMu     sync.Mutex
+	factsFailed map[types.NamespacedName]time.Time
 }
+
+// factsRetry is how long a failed nixos-facter run waits before the next try.
+const factsRetry = 10 * time.Minute
 
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
@@ -163,9 +172,13 @@ func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, h
 func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host Host) {
 	st := &m.Status
 	rescan := m.Annotations[nio.RescanAnnotation]
-	due := st.LastHardwareScanTime == nil || rescan != "" && rescan != st.LastHandledRescanAt ||
-		r.now().Sub(st.LastHardwareScanTime.Time) >= r.factsInterval()
-	if !due {
+	requested := rescan != "" && rescan != st.LastHandledRescanAt
+	due := st.LastHardwareScanTime == nil || requested || r.now().Sub(st.LastHardwareScanTime.Time) >= r.factsInterval()
+	key := types.NamespacedName{Namespace: m.Namespace, Name: m.Name}
+	r.factsMu.Lock()
+	failedAt, failed := r.factsFailed[key]
+	r.factsMu.Unlock()
+	if !due || failed && !requested && r.now().Sub(failedAt) < factsRetry {
 		return
 	}
 	st.LastHandledRescanAt = rescan
@@ -173,11 +186,18 @@ func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, ho
 	if err == nil {
 		err = r.storeFacts(ctx, m, report)
 	}
+	r.factsMu.Lock()
+	defer r.factsMu.Unlock()
 	if err != nil {
+		if r.factsFailed == nil {
+			r.factsFailed = map[types.NamespacedName]time.Time{}
+		}
+		r.factsFailed[key] = r.now()
 		log.FromContext(ctx).Info("facts not collected", "error", err.Error())
-		r.event(m, corev1.EventTypeWarning, "FactsFailed", "CollectFacts", "nixos-facter: "+err.Error())
+		r.event(m, corev1.EventTypeWarning, "FactsFailed", "CollectFacts", "collect facts: "+err.Error())
 		return
 	}
+	delete(r.factsFailed, key)
 	st.LastHardwareScanTime = &metav1.Time{Time: r.now()}
 }
 

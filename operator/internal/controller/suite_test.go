@@ -7,13 +7,11 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
-	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -56,19 +54,10 @@ func (b *syncBuffer) String() string {
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(false), zap.Level(zapcore.DebugLevel)))
-	var err error
-	env, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if code != 0 {
+	testenv.Main(m, &env, func() {
 		fmt.Fprintln(os.Stderr, "operator log tail:\n"+tailOf(logs.String(), 60))
 		_ = os.WriteFile(os.TempDir()+"/nio-controller-test.log", []byte(logs.String()), 0o600)
-	}
-	_ = env.Stop()
-	os.Exit(code)
+	})
 }
 
 func tailOf(s string, n int) string {
@@ -88,17 +77,8 @@ type operator struct {
 	done      chan error
 }
 
-var nsSeq atomic.Int32
-
 // newNamespace makes a namespace for one test.
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ctrl-%d", nsSeq.Add(1))}}
-	if err := env.Client.Create(context.Background(), ns); err != nil {
-		t.Fatal(err)
-	}
-	return ns.Name
-}
+func newNamespace(t *testing.T) string { return env.Namespace(t, "ctrl") }
 
 // startOperator runs the controllers until the test ends (or stop is called).
 func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {

@@ -3,10 +3,16 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -151,4 +157,36 @@ func (env *Env) Stop() error {
 		_ = os.RemoveAll(env.dir)
 	}
 	return env.env.Stop()
+}
+
+// Main is the body of a TestMain: it starts the control plane into *env, runs the
+// package's tests, calls onFailure (if any) when they failed, stops the control
+// plane and exits.
+func Main(m *testing.M, env **Env, onFailure func()) {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*env = e
+	code := m.Run()
+	if code != 0 && onFailure != nil {
+		onFailure()
+	}
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "testenv: stop control plane:", err)
+	}
+	os.Exit(code)
+}
+
+var nsSeq atomic.Int64
+
+// Namespace creates a namespace of its own for one test, named prefix-<n>.
+func (env *Env) Namespace(t testing.TB, prefix string) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", prefix, nsSeq.Add(1))}}
+	if err := env.Client.Create(context.Background(), ns); err != nil {
+		t.Fatalf("testenv: create namespace %s: %v", ns.Name, err)
+	}
+	return ns.Name
 }
