@@ -19,7 +19,6 @@ const (
 	ReasonInvalidConfig     = "InvalidConfiguration"
 	ReasonMachineNotFound   = "MachineNotFound"
 	ReasonMachineInUse      = "MachineInUse"
-	ReasonSuspended         = "Suspended"
 	ReasonInstalling        = "Installing"
 	ReasonInstallFailed     = "InstallFailed"
 	ReasonInstalled         = "Installed"
@@ -33,9 +32,8 @@ const (
 	ReasonConnected         = "Connected"
 	ReasonReachable         = "Reachable"
 	ReasonSSHKeyMissing     = "SSHKeyMissing"
-	ReasonUpToDate          = "UpToDate"
-	ReasonNotApplied        = "NotApplied"
 	ReasonDependencyPending = "DependencyNotReady"
+	ReasonReconcileFailed   = "ReconciliationFailed"
 )
 
 // setCondition sets a condition with the object's generation.

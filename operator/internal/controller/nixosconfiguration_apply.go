@@ -262,13 +262,13 @@ func (r *NixosConfigurationReconciler) applyError(ctx context.Context, obj *nio.
 		return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
 	case errors.Is(err, transport.ErrHostKeyMismatch):
 		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostKeyMismatch, err.Error())
-		return reconcile.Result{}, err
+		return reconcile.Result{}, reportedError{err}
 	case errors.Is(err, transport.ErrUnreachable):
 		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Machine %s unreachable: %v", m.Name, err))
-		return reconcile.Result{}, err
+		return reconcile.Result{}, reportedError{err}
 	}
 	markFailed(&obj.Status.Conditions, obj.Generation, ReasonApplyFailed, err.Error())
-	return reconcile.Result{}, err
+	return reconcile.Result{}, reportedError{err}
 }
 
 // record writes the outcome of an apply: on success the configuration's status, then

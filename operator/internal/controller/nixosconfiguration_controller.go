@@ -9,7 +9,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -121,8 +120,11 @@ func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.N
 		log.FromContext(ctx).Info("stalled", "reason", ReasonInvalidConfig, "message", err.Error())
 		return reconcile.Result{}, nil
 	}
-	if !hasReadyFalse(obj.Status.Conditions) {
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonProgressing, err.Error())
+	// An error whose reason the pass already put in Ready is retried as it is; any
+	// other says what failed here.
+	var rep reportedError
+	if !errors.As(err, &rep) {
+		markFailed(&obj.Status.Conditions, obj.Generation, ReasonReconcileFailed, err.Error())
 	}
 	return reconcile.Result{}, err
 }
@@ -136,18 +138,17 @@ type stalledError struct {
 func (e stalledError) Error() string { return e.err.Error() }
 func (e stalledError) Unwrap() error { return e.err }
 
+// reportedError is an infrastructure error already described in the Ready
+// condition; it is retried with backoff.
+type reportedError struct{ err error }
+
+func (e reportedError) Error() string { return e.err.Error() }
+func (e reportedError) Unwrap() error { return e.err }
+
 func stalled(reason string, format string, args ...any) error {
 	return stalledError{reason: reason, err: fmt.Errorf(format, args...)}
 }
 
-func hasReadyFalse(conds []metav1.Condition) bool {
-	for _, c := range conds {
-		if c.Type == nio.ConditionReady && c.Status == metav1.ConditionFalse {
-			return true
-		}
-	}
-	return false
-}
 
 func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
 	machine, err := r.machine(ctx, obj)

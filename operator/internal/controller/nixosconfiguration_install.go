@@ -62,7 +62,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 		if err != nil {
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonHostUnreachable, err.Error())
 			markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Cannot tell whether Machine %s is installed: %v", m.Name, err))
-			return false, reconcile.Result{}, err
+			return false, reconcile.Result{}, reportedError{err}
 		}
 		if installed {
 			obj.Status.FullInstallCompleted = true
