@@ -149,7 +149,6 @@ func stalled(reason string, format string, args ...any) error {
 	return stalledError{reason: reason, err: fmt.Errorf(format, args...)}
 }
 
-
 func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
 	machine, err := r.machine(ctx, obj)
 	if err != nil {
