@@ -13,14 +13,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/testkit/gittest"
 )
 
 const testToken = "s3cr3t-git-token-4a7f"
 
 // fixture is the usage guide's setup in a namespace of its own: the Machine, its SSH
-// key Secret, the git credentials Secret and a NixosConfiguration naming a repository
-// on a real git http-backend with bearer auth.
+// key Secret, the git credentials Secret (the guide's `token`) and a
+// NixosConfiguration naming a repository on a real git http-backend that wants it.
 type fixture struct {
 	t    *testing.T
 	ns   string
@@ -32,7 +33,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	f := &fixture{t: t, ns: newNamespace(t)}
-	f.srv = gittest.NewServer(t, gittest.Options{Auth: gittest.AuthBearer, Token: testToken})
+	f.srv = gittest.NewServer(t, gittest.Options{Auth: gittest.AuthBasic, Username: source.DefaultTokenUser, Password: testToken})
 	f.repo = f.srv.NewRepo(t, "nixos-configs")
 	ctx := context.Background()
 	for _, obj := range []client.Object{

@@ -27,6 +27,10 @@ const (
 	KeySSHPrivateKey = "ssh-privatekey"
 	KeyKnownHosts    = "known_hosts"
 	KeyCACert        = "ca.crt"
+
+	// DefaultTokenUser is the basic-auth user sent with a `token` when the Secret
+	// names none; forges ignore it for access tokens, GitHub documents this one.
+	DefaultTokenUser = "x-access-token"
 )
 
 type credentialKind int
@@ -51,20 +55,30 @@ type Credentials struct {
 	caPEM      []byte
 }
 
-// ParseCredentials reads a Secret's data. Recognised keys: `token` or `bearerToken`
-// (bearer token), `username` + `password` (basic auth), `identity` or
+// ParseCredentials reads a Secret's data. Recognised keys: `token` (an access token
+// sent as the password of HTTP basic auth, with `username` or else
+// "x-access-token" as the user — what GitHub, GitLab, Gitea and Forgejo accept for
+// Git over HTTPS), `bearerToken` (sent as `Authorization: Bearer`, for servers that
+// take that), `username` + `password` (basic auth), `identity` or
 // `ssh-privatekey` (PEM SSH key; `password` then is its passphrase) with
 // `known_hosts`, and `ca.crt` (extra CA for HTTPS). Other keys are ignored. A Secret
 // that mixes kinds, has a username without a password, or holds an unparsable key or
 // CA is refused with ErrInvalidCredentials; the error never contains a value.
 func ParseCredentials(data map[string][]byte) (Credentials, error) {
 	var c Credentials
-	c.token = string(data[KeyToken])
-	if c.token == "" {
-		c.token = string(data[KeyBearerToken])
-	}
+	accessToken := string(data[KeyToken])
+	c.token = string(data[KeyBearerToken])
 	c.username = string(data[KeyUsername])
 	c.password = string(data[KeyPassword])
+	if accessToken != "" {
+		if c.token != "" || c.password != "" {
+			return Credentials{}, fmt.Errorf("%w: secret has %q with %q or %q; keep one", ErrInvalidCredentials, KeyToken, KeyBearerToken, KeyPassword)
+		}
+		if c.username == "" {
+			c.username = DefaultTokenUser
+		}
+		c.password = accessToken
+	}
 	c.sshKey = data[KeyIdentity]
 	if len(c.sshKey) == 0 {
 		c.sshKey = data[KeySSHPrivateKey]
@@ -81,7 +95,7 @@ func ParseCredentials(data map[string][]byte) (Credentials, error) {
 			return Credentials{}, fmt.Errorf("%w: SSH key in %q/%q does not parse (wrong format or passphrase)", ErrInvalidCredentials, KeyIdentity, KeySSHPrivateKey)
 		}
 		c.kind = credSSH
-	case c.token != "":
+	case c.token != "": // bearerToken
 		if c.username != "" || c.password != "" {
 			return Credentials{}, fmt.Errorf("%w: secret has both a token and %s; keep one", ErrInvalidCredentials, mixedKeys(c))
 		}

@@ -93,7 +93,8 @@ func TestCredentialsOfTheWrongKindForTheURLAreRefused(t *testing.T) {
 
 func TestParseCredentialsRefusesBadSecretsWithoutQuotingThem(t *testing.T) {
 	for name, data := range map[string]map[string][]byte{
-		"token and basic":      {"token": []byte("v-secret-1"), "username": []byte("u"), "password": []byte("v-secret-2")},
+		"token and password":   {"token": []byte("v-secret-1"), "username": []byte("u"), "password": []byte("v-secret-2")},
+		"token and bearer":     {"token": []byte("v-secret-1"), "bearerToken": []byte("v-secret-2")},
 		"username only":        {"username": []byte("v-secret-1")},
 		"password only":        {"password": []byte("v-secret-1")},
 		"garbage key":          {"identity": []byte("v-secret-1")},
@@ -113,7 +114,8 @@ func TestParseCredentialsRefusesBadSecretsWithoutQuotingThem(t *testing.T) {
 		want string
 	}{
 		"none":        {nil, "anonymous"},
-		"token":       {map[string][]byte{"token": []byte("x")}, "bearer token"},
+		"token":       {map[string][]byte{"token": []byte("x")}, "basic auth"},
+		"user+token":  {map[string][]byte{"token": []byte("x"), "username": []byte("oauth2")}, "basic auth"},
 		"bearerToken": {map[string][]byte{"bearerToken": []byte("x")}, "bearer token"},
 		"basic":       {map[string][]byte{"username": []byte("u"), "password": []byte("p")}, "basic auth"},
 		"unknown key": {map[string][]byte{"other": []byte("x")}, "anonymous"},

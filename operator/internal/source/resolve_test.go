@@ -62,7 +62,7 @@ func TestWrongCredentialsAreAuthErrorsThatDoNotQuoteThem(t *testing.T) {
 	commit := repo.CommitFiles(t, map[string]string{"a": "b"}, "init")
 
 	const wrongToken = "tok-WRONG-secret-value-42"
-	r := openRepo(t, newCache(t, Options{}), repo.URL(), map[string][]byte{"token": []byte(wrongToken)})
+	r := openRepo(t, newCache(t, Options{}), repo.URL(), map[string][]byte{"bearerToken": []byte(wrongToken)})
 	_, err := r.Resolve(ctx(t), "main")
 	wantErr(t, err, ErrAuth, wrongToken)
 	// A pinned commit needs no ls-remote, but its fetch is refused the same way.
@@ -102,7 +102,7 @@ func TestConcurrentResolvesOfOneRepoMakeOneLsRemote(t *testing.T) {
 	joined.Add(callers - 1)
 	c.onJoin = joined.Done
 
-	creds, err := ParseCredentials(map[string][]byte{"token": []byte("t0ken")})
+	creds, err := ParseCredentials(map[string][]byte{"bearerToken": []byte("t0ken")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,10 +307,10 @@ func TestHTTPSNeedsTheSecretsCA(t *testing.T) {
 	want := repo.CommitFiles(t, map[string]string{"a": "b"}, "init")
 	c := newCache(t, Options{})
 
-	_, err := openRepo(t, c, repo.URL(), map[string][]byte{"token": []byte("tls-token")}).Resolve(ctx(t), "main")
+	_, err := openRepo(t, c, repo.URL(), map[string][]byte{"bearerToken": []byte("tls-token")}).Resolve(ctx(t), "main")
 	wantErr(t, err, ErrNetwork, "tls-token")
 
-	r := openRepo(t, c, repo.URL(), map[string][]byte{"token": []byte("tls-token"), "ca.crt": srv.CAPEM})
+	r := openRepo(t, c, repo.URL(), map[string][]byte{"bearerToken": []byte("tls-token"), "ca.crt": srv.CAPEM})
 	if got := resolve(t, r, "main"); got != want {
 		t.Fatalf("Resolve over TLS = %s, want %s", got, want)
 	}
@@ -418,5 +418,27 @@ func TestInvalidateDuringAListingIsNotAnsweredByIt(t *testing.T) {
 	}
 	if n := srv.Count(gittest.LsRemote); n != 2 {
 		t.Fatalf("ls-remotes = %d, want 2", n)
+	}
+}
+
+// TestAccessTokenIsBasicAuthPassword: a `token` (the usage guide's
+// --from-literal=token=...) travels the way forges accept access tokens for Git over
+// HTTPS: as the basic-auth password, with user x-access-token or the Secret's username.
+func TestAccessTokenIsBasicAuthPassword(t *testing.T) {
+	for _, user := range []string{"", "oauth2"} {
+		want := user
+		if want == "" {
+			want = DefaultTokenUser
+		}
+		srv := gittest.NewServer(t, gittest.Options{Auth: gittest.AuthBasic, Username: want, Password: "glpat-0123456789"})
+		repo := srv.NewRepo(t, "fleet")
+		head := repo.CommitFiles(t, map[string]string{"a": "b"}, "init")
+		secret := map[string][]byte{"token": []byte("glpat-0123456789")}
+		if user != "" {
+			secret["username"] = []byte(user)
+		}
+		if got := resolve(t, openRepo(t, newCache(t, Options{}), repo.URL(), secret), "main"); got != head {
+			t.Errorf("user %q: resolved %s, want %s", user, got, head)
+		}
 	}
 }
