@@ -16,7 +16,7 @@ BUF_AGAINST ?= .git\#branch=main
 
 export KUBEBUILDER_ASSETS := $(K8S)
 
-.PHONY: build tools generate check-generate k8s deps test unit lint fmt vet buf-lint buf-breaking clean
+.PHONY: build tools generate check-generate k8s deps test unit lint fmt vet buf-lint shellcheck buf-breaking clean
 
 ## build: the nio-operator and nio-agent binaries, into bin/.
 build:
@@ -60,8 +60,8 @@ test: deps k8s lint check-generate unit
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 
-## lint: gofmt, go vet, buf lint.
-lint: fmt vet buf-lint
+## lint: gofmt, go vet, buf lint, shellcheck.
+lint: fmt vet buf-lint shellcheck
 
 fmt:
 	@out=$$(gofmt -l api agent operator testkit hack); if [ -n "$$out" ]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
@@ -71,6 +71,10 @@ vet:
 
 buf-lint: tools
 	$(TOOLS)/buf lint
+
+SCRIPTS := install.sh .ci/run $(shell git ls-files 'hack/*.sh' 'hack/**/*.sh' 'nix/*.sh' 2>/dev/null)
+shellcheck:
+	shellcheck $(SCRIPTS)
 
 ## buf-breaking: the proto against $(BUF_AGAINST) (wired for after the first release).
 buf-breaking: tools

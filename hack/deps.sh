@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and the demo run for real: Nix (single-user,
-# offline), OpenSSH's sshd, iproute2 (network namespaces) and git (git http-backend).
+# offline), OpenSSH's sshd, iproute2 (network namespaces) and git (git http-backend),
+# plus shellcheck for `make lint`.
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo) when
 # something is missing.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v git >/dev/null 2>&1 || need+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || need+=(git)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
