@@ -58,8 +58,9 @@ func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *
 	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
 		return reconcile.Result{}, fmt.Errorf("remove finalizer: %w", err)
 	}
-	// The object is gone once the finalizer is: nothing more to write.
+	// The object is gone once the finalizer is: nothing more to write or report.
 	sw.base = obj.DeepCopy()
+	r.Metrics.forget(obj)
 	return reconcile.Result{}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -155,6 +156,19 @@ func TestUsageGuideFlow(t *testing.T) {
 	}
 	if applied < 2 {
 		t.Errorf("want an Applied event with the revision per commit, got %d", applied)
+	}
+	m2 := f.op.metrics
+	if n := testutil.ToFloat64(m2.Applies.WithLabelValues("Succeeded", "agent")); n != 2 {
+		t.Errorf("nio_applies_total{Succeeded,agent} = %v, want 2", n)
+	}
+	if n := testutil.CollectAndCount(m2.ApplyDuration); n != 1 {
+		t.Errorf("apply duration series = %d, want 1 (agent)", n)
+	}
+	if ts := testutil.ToFloat64(m2.LastApplied.WithLabelValues(f.ns, "worker-config")); ts < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("last applied timestamp = %v", ts)
+	}
+	if n := testutil.CollectAndCount(m2.ReconcileDuration); n == 0 {
+		t.Error("no reconcile durations recorded")
 	}
 	// Nothing new: no more applies however many polls pass.
 	time.Sleep(3 * time.Second)

@@ -70,6 +70,7 @@ func tailOf(s string, n int) string {
 
 // operator is one running manager with both controllers, talking to fake hosts.
 type operator struct {
+	metrics   *Metrics
 	trigger   *Trigger
 	fleet     *fakeFleet
 	installer *fakeInstaller
@@ -130,7 +131,7 @@ func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeIns
 	if err := mr.SetupWithManager(ctx, mgr, 4); err != nil {
 		t.Fatal(err)
 	}
-	op := &operator{trigger: trigger, fleet: fleet, installer: installer, cancel: cancel, done: make(chan error, 1)}
+	op := &operator{metrics: metrics, trigger: trigger, fleet: fleet, installer: installer, cancel: cancel, done: make(chan error, 1)}
 	go func() { op.done <- mgr.Start(ctx) }()
 	t.Cleanup(op.stop)
 	return op
