@@ -16,7 +16,7 @@ BUF_AGAINST ?= .git\#branch=main
 
 export KUBEBUILDER_ASSETS := $(K8S)
 
-.PHONY: build tools generate check-generate k8s deps test unit lint fmt vet buf-lint shellcheck buf-breaking clean
+.PHONY: build tools generate check-generate k8s deps test unit e2e demo lint fmt vet buf-lint shellcheck buf-breaking clean
 
 ## build: the nio-operator and nio-agent binaries, into bin/.
 build:
@@ -54,11 +54,26 @@ k8s:
 deps:
 	hack/deps.sh
 
-## test: lint, generated-code check, then every module's unit and envtest tests.
-test: deps k8s lint check-generate unit
+## test: lint, generated-code check, every module's unit and envtest tests, and the
+## end-to-end suite.
+test: deps k8s lint check-generate unit e2e
 
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)
+
+## e2e: the end-to-end suite of real processes (as root, about 2 minutes): the usage
+## guide with kubectl, install.sh, the operator as its ServiceAccount, a demo host with
+## sshd, nio-agent and Nix; it also runs the demo with DEMO_EXIT=1.
+e2e: deps k8s
+	$(GO) test -tags e2e -count=1 -timeout 15m ./operator/test/e2e/
+
+## demo: the usage guide for real on this machine (as root): control plane, install.sh,
+## the operator as its ServiceAccount, one demo host; Ctrl-C cleans up. DEMO_EXIT=1
+## exits after the walk-through, with status 0 only if every step held.
+demo: deps k8s
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/nio-demo ./operator/test/demo
+	$(BIN)/nio-demo
 
 ## lint: gofmt, go vet, buf lint, shellcheck.
 lint: fmt vet buf-lint shellcheck
@@ -67,7 +82,7 @@ fmt:
 	@out=$$(gofmt -l api agent operator testkit hack); if [ -n "$$out" ]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
 
 vet:
-	$(GO) vet $(PKGS)
+	$(GO) vet -tags e2e $(PKGS)
 
 buf-lint: tools
 	$(TOOLS)/buf lint

@@ -75,22 +75,32 @@ func New(t testing.TB) *Env {
 	}
 	dir := t.TempDir()
 	registry := filepath.Join(dir, "registry.json")
-	if err := os.WriteFile(registry, []byte(`{"flakes":[],"version":2}`+"\n"), 0o644); err != nil {
-		t.Fatalf("nixtest: write flake registry: %v", err)
+	config, err := WriteOfflineConfig(registry)
+	if err != nil {
+		t.Fatalf("nixtest: %v", err)
 	}
 	state := filepath.Join(dir, "fixture-state")
 	if err := os.Mkdir(state, 0o755); err != nil {
 		t.Fatalf("nixtest: %v", err)
 	}
-	config := strings.Join([]string{
+	return &Env{registry: registry, config: config, state: state}
+}
+
+// WriteOfflineConfig writes an empty flake registry to registryPath and returns the
+// offline NIX_CONFIG value that points at it. New uses it; programs that are not
+// tests (the demo) call it directly.
+func WriteOfflineConfig(registryPath string) (string, error) {
+	if err := os.WriteFile(registryPath, []byte(`{"flakes":[],"version":2}`+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("write flake registry: %w", err)
+	}
+	return strings.Join([]string{
 		"experimental-features = nix-command flakes",
 		"sandbox = false",
 		"substituters =",
 		"build-users-group =",
-		"flake-registry = " + registry,
+		"flake-registry = " + registryPath,
 		"warn-dirty = false",
-	}, "\n")
-	return &Env{registry: registry, config: config, state: state}
+	}, "\n"), nil
 }
 
 // Config is the NIX_CONFIG value: the offline settings.
@@ -149,15 +159,32 @@ func (e *Env) Setenv(t *testing.T) {
 func CopyFlake(t testing.TB, name string, vars map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	copyFixture(t, name, dir)
-	if name != "module" {
-		copyFixture(t, "common", dir)
-		writeVar(t, dir, varSystem, NixSystem())
-	}
-	for file, content := range vars {
-		writeVar(t, dir, file, content)
+	if err := WriteFlake(dir, name, vars); err != nil {
+		t.Fatalf("nixtest: %v", err)
 	}
 	return dir
+}
+
+// WriteFlake is CopyFlake into an existing directory dst, for programs that are not
+// tests (the demo); it overwrites files of the same names.
+func WriteFlake(dst, name string, vars map[string]string) error {
+	if err := writeFixture(name, dst); err != nil {
+		return err
+	}
+	if name != "module" {
+		if err := writeFixture("common", dst); err != nil {
+			return err
+		}
+		if err := writeVarFile(dst, varSystem, NixSystem()); err != nil {
+			return err
+		}
+	}
+	for file, content := range vars {
+		if err := writeVarFile(dst, file, content); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // StubNixpkgs copies a stand-in nixpkgs into a fresh directory and returns it. Its
@@ -182,9 +209,15 @@ func NixSystem() string {
 
 func copyFixture(t testing.TB, name, dst string) {
 	t.Helper()
+	if err := writeFixture(name, dst); err != nil {
+		t.Fatalf("nixtest: %v", err)
+	}
+}
+
+func writeFixture(name, dst string) error {
 	root := path.Join("flakes", name)
 	if _, err := fs.Stat(fixtures, root); err != nil {
-		t.Fatalf("nixtest: no fixture %q: %v", name, err)
+		return fmt.Errorf("no fixture %q: %w", name, err)
 	}
 	err := fs.WalkDir(fixtures, root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -202,18 +235,19 @@ func copyFixture(t testing.TB, name, dst string) {
 		return os.WriteFile(target, data, 0o644)
 	})
 	if err != nil {
-		t.Fatalf("nixtest: copy fixture %s: %v", name, err)
+		return fmt.Errorf("copy fixture %s: %w", name, err)
 	}
+	return nil
 }
 
-func writeVar(t testing.TB, dir, file, content string) {
-	t.Helper()
+func writeVarFile(dir, file, content string) error {
 	if strings.ContainsAny(file, `/\`) || file == ".." || file == "." || file == "" {
-		t.Fatalf("nixtest: var %q must be a plain file name", file)
+		return fmt.Errorf("var %q must be a plain file name", file)
 	}
 	if err := os.WriteFile(filepath.Join(dir, file), []byte(content+"\n"), 0o644); err != nil {
-		t.Fatalf("nixtest: write %s: %v", file, err)
+		return fmt.Errorf("write %s: %w", file, err)
 	}
+	return nil
 }
 
 // Build runs `nix build --out-link <dir>/result path:<flake>#<attr>` with the Env's
