@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/homystack/nio/operator/internal/testenv"
 )
 
 // Cleanup is a stack of undo steps, run last-in first-out.
@@ -68,7 +70,7 @@ type Env struct {
 // NewEnv makes a scratch directory (0755: the host's sshd sessions read it) and finds
 // the repository root above the working directory.
 func NewEnv(out io.Writer) (*Env, error) {
-	root, err := RepoRoot()
+	root, err := testenv.RepoRoot()
 	if err != nil {
 		return nil, err
 	}
@@ -89,22 +91,3 @@ func (e *Env) Path(elem ...string) string { return filepath.Join(append([]string
 
 // Printf narrates.
 func (e *Env) Printf(format string, args ...any) { fmt.Fprintf(e.Out, format, args...) }
-
-// RepoRoot finds the repository root (the directory holding go.work) above the
-// working directory.
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("harness: no go.work above the working directory")
-		}
-		dir = parent
-	}
-}
