@@ -16,7 +16,7 @@ BUF_AGAINST ?= .git\#branch=main
 
 export KUBEBUILDER_ASSETS := $(K8S)
 
-.PHONY: build tools generate check-generate k8s deps test unit e2e demo lint fmt vet buf-lint shellcheck buf-breaking clean
+.PHONY: build tools generate check-generate k8s deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
 
 ## build: the nio-operator and nio-agent binaries, into bin/.
 build:
@@ -74,6 +74,14 @@ demo: deps k8s
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/nio-demo ./operator/test/demo
 	$(BIN)/nio-demo
+
+## bench: the fleet benchmark (10/100/1000 simulated machines: real control plane,
+## operator, mTLS, git http-backend) and NIO vs. a direct real-Nix apply. Prints the
+## report; JSON and PNG into hack/bench/results/. More flags:
+## make bench BENCH_FLAGS="-n 1000 -concurrency 50 -build-time 5s"
+BENCH_FLAGS ?=
+bench: deps k8s
+	$(GO) run ./operator/test/bench -out hack/bench/results/bench.json $(BENCH_FLAGS)
 
 ## lint: gofmt, go vet, buf lint, shellcheck.
 lint: fmt vet buf-lint shellcheck

@@ -85,8 +85,9 @@ func (l *HostLocks) TryLock(m types.NamespacedName, holder string) (unlock func(
 	}, "", true
 }
 
-// ClientOptions are the manager's client options: Secrets are read from the API
-// server, never cached, so no Secret data sits in the operator's memory.
+// ClientOptions are the manager's client options: Secrets and ConfigMaps are read
+// from the API server, never cached. No Secret data sits in the operator's memory,
+// and neither do the nixos-facter reports (50–500 KB each, read once per render).
 func ClientOptions() client.Options {
-	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}}}}
+	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}}}}
 }

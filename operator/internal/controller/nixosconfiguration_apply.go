@@ -225,7 +225,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 				tail.add(line)
 				logger.V(1).Info("host output", "line", line)
 			case transport.EventPhase:
-				logger.Info("phase", "phase", e.Phase)
+				logger.V(1).Info("phase", "phase", e.Phase, "detail", e.Detail)
 			}
 		},
 	}

@@ -1,0 +1,232 @@
+// Command bench is `make bench`: NIO's fleet benchmark and its NIO-vs-direct Nix
+// benchmark, against the real control plane (kube-apiserver and etcd from bin/k8s),
+// the real nio-operator binary, real mTLS and a real git http-backend.
+//
+// Fleet benchmark, per size N: N Machines served by nio-fleet-sim (real agent gRPC
+// servers with the simulated executor, one loopback port and one certificate from the
+// operator's CA each) and N NixosConfigurations on one repository. After every
+// Machine runs commit 1, commit 2 is pushed and the signed generic webhook POSTed;
+// the benchmark measures until every Machine's status.appliedCommit is commit 2.
+// Then the webhook fires again without a new commit, and every configuration is
+// forced (requestedAt) with an unchanged source digest.
+//
+// NIO-vs-direct benchmark: one real nio-agent with real Nix builds and switches a
+// fixture flake whose build does a fixed amount of CPU work, through the operator
+// (push → webhook → appliedCommit), alternating with the same nix build, nix-env
+// --set and switch-to-configuration run directly by the benchmark.
+//
+// Results go to -out (JSON) and a PNG of convergence against fleet size beside it.
+// Targets are reported, never asserted.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/homystack/nio/operator/internal/testenv"
+)
+
+// Results is the JSON the benchmark writes.
+type Results struct {
+	StartedAt time.Time     `json:"startedAt"`
+	Machine   machineInfo   `json:"machine"`
+	Fleet     []FleetResult `json:"fleet"`
+	Nix       *NixResult    `json:"nix,omitempty"`
+	Targets   []Target      `json:"targets"`
+}
+
+type machineInfo struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpuModel"`
+	MemoryGiB int    `json:"memoryGiB"`
+	GoVersion string `json:"goVersion"`
+	Kernel    string `json:"kernel"`
+}
+
+func main() {
+	sizes := flag.String("n", "10,100,1000", "fleet sizes to run, comma-separated (e.g. 1000)")
+	buildTime := flag.Duration("build-time", 2*time.Second, "simulated build time of every apply")
+	concurrency := flag.Int("concurrency", 100, "the operator's --concurrency")
+	probeInterval := flag.Duration("probe-interval", time.Hour, "the operator's --probe-interval; long, so Machine probes do not dominate the rounds")
+	roundTimeout := flag.Duration("round-timeout", 15*time.Minute, "longest one round may take")
+	out := flag.String("out", "bench/results/bench.json", "results file; the plot is written beside it as .png")
+	nixRuns := flag.Int("nix-runs", 5, "NIO-vs-direct repetitions of each side (0 skips the Nix benchmark)")
+	nixWork := flag.Int("nix-work-mib", 600, "MiB the fixture's build hashes (its CPU work)")
+	workDir := flag.String("work-dir", "", "scratch directory (default: a new temporary directory, removed afterwards)")
+	replot := flag.String("replot", "", "only redraw the plot (and reprint the report) of this results file")
+	flag.Parse()
+
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	// The control plane's libraries log through controller-runtime; only their
+	// warnings are worth showing beside the benchmark's own lines.
+	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if *replot != "" {
+		if err := redraw(*replot); err != nil {
+			log.Error("replot failed", "err", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, *sizes, *buildTime, *concurrency, *probeInterval, *roundTimeout, *out, *nixRuns, *nixWork, *workDir); err != nil {
+		log.Error("bench failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, sizeList string, buildTime time.Duration, concurrency int,
+	probeInterval, roundTimeout time.Duration, out string, nixRuns, nixWork int, workDir string) error {
+	var ns []int
+	for _, s := range strings.Split(sizeList, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return fmt.Errorf("-n: %q is not a fleet size", s)
+		}
+		ns = append(ns, n)
+	}
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	if _, err := testenv.Assets(root); err != nil {
+		return err
+	}
+	if workDir == "" {
+		workDir, err = os.MkdirTemp("", "nio-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(workDir)
+	}
+	bin := filepath.Join(workDir, "bin")
+	log.Info("building binaries", "dir", bin)
+	if err := buildBinaries(root, bin); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(out) {
+		out = filepath.Join(root, out)
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	res := Results{StartedAt: time.Now().UTC(), Machine: describeMachine()}
+	save := func() error {
+		res.Targets = targets(res)
+		data, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(out, append(data, '\n'), 0o644)
+	}
+
+	var firstErr error
+	for _, n := range ns {
+		log.Info("fleet benchmark", "machines", n, "build_time", buildTime, "concurrency", concurrency)
+		r, err := runFleet(ctx, fleetOptions{
+			machines: n, buildTime: buildTime, concurrency: concurrency, probeInterval: probeInterval,
+			roundTimeout: roundTimeout, dir: filepath.Join(workDir, fmt.Sprintf("fleet-%d", n)), bin: bin, log: log.With("machines", n),
+		})
+		if err != nil {
+			r.Error = err.Error()
+			log.Error("fleet benchmark failed", "machines", n, "err", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		res.Fleet = append(res.Fleet, r)
+		if err := save(); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	png := pngPath(out)
+	if err := plotConverge(res.Fleet, png, subtitle(res)); err != nil {
+		log.Warn("no plot", "err", err)
+	}
+
+	if nixRuns > 0 {
+		log.Info("NIO vs direct benchmark", "runs", nixRuns, "work_mib", nixWork)
+		nr, err := runNix(ctx, nixOptions{runs: nixRuns, workMiB: nixWork, dir: filepath.Join(workDir, "nix"), bin: bin, log: log.With("bench", "nix")})
+		if err != nil {
+			nr.Error = err.Error()
+			log.Error("NIO vs direct benchmark failed", "err", err)
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		res.Nix = &nr
+	}
+	if err := save(); err != nil {
+		return err
+	}
+	printReport(os.Stdout, res, out, png)
+	return firstErr
+}
+
+func pngPath(out string) string { return strings.TrimSuffix(out, filepath.Ext(out)) + ".png" }
+
+func subtitle(res Results) string {
+	if len(res.Fleet) == 0 {
+		return ""
+	}
+	f := res.Fleet[0]
+	return fmt.Sprintf("%d CPUs, simulated build %gs, --concurrency %d", res.Machine.CPUs, f.BuildTimeSeconds, f.Concurrency)
+}
+
+// redraw re-renders the plot and the report of an earlier results file.
+func redraw(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var res Results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := plotConverge(res.Fleet, pngPath(path), subtitle(res)); err != nil {
+		return err
+	}
+	printReport(os.Stdout, res, path, pngPath(path))
+	return nil
+}
+
+func describeMachine() machineInfo {
+	m := machineInfo{CPUs: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int
+		fmt.Sscanf(strings.TrimPrefix(strings.SplitN(string(data), "\n", 2)[0], "MemTotal:"), "%d", &kb)
+		m.MemoryGiB = (kb + 512*1024) / (1024 * 1024)
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(data))
+	}
+	return m
+}

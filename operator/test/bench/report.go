@@ -1,0 +1,98 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Target is one of DESIGN.md's targets with what this run measured.
+type Target struct {
+	Name     string `json:"name"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Met      bool   `json:"met"`
+}
+
+func round(r FleetResult, name string) (Round, bool) {
+	for _, rd := range r.Rounds {
+		if rd.Name == name {
+			return rd, true
+		}
+	}
+	return Round{}, false
+}
+
+// targets compares the largest completed fleet run (and the Nix run) with the goals.
+func targets(res Results) []Target {
+	var ts []Target
+	var big *FleetResult
+	for i := range res.Fleet {
+		if _, ok := round(res.Fleet[i], "push"); ok && (big == nil || res.Fleet[i].Machines > big.Machines) {
+			big = &res.Fleet[i]
+		}
+	}
+	if big != nil {
+		push, _ := round(*big, "push")
+		ts = append(ts,
+			Target{fmt.Sprintf("converge %d machines", big.Machines), "1000 machines ≤ 60 s on 2 cores",
+				fmt.Sprintf("%.1f s on %d CPUs", push.TotalSeconds, res.Machine.CPUs), big.Machines >= 1000 && push.TotalSeconds <= 60 && push.ApplyHeaders >= big.Machines},
+			Target{"operator peak RSS", "≤ 300 MiB", fmt.Sprintf("%.0f MiB at %d machines", big.Operator.PeakRSSMiB, big.Machines), big.Operator.PeakRSSMiB <= 300},
+			Target{"git fetches per push", "1 per push per repo", fmt.Sprintf("%d fetch, %d ls-remote", push.Git.Fetches, push.Git.LsRemotes), push.Git.Fetches == 1},
+			Target{"push → first apply start", "≤ 1 s with the webhook", fmt.Sprintf("%.3f s", push.PushToFirstApplySeconds), push.PushToFirstApplySeconds >= 0 && push.PushToFirstApplySeconds <= 1},
+		)
+		if re, ok := round(*big, "reapply-unchanged"); ok {
+			ts = append(ts, Target{"source bytes re-sent, digest unchanged", "0", fmt.Sprintf("%d bytes over %d applies", re.SourceBytes, re.ApplyHeaders), re.SourceBytes == 0 && re.ApplyHeaders > 0})
+		}
+	}
+	if n := res.Nix; n != nil && n.Ratio > 0 {
+		ts = append(ts, Target{"NIO / direct apply time", "≤ 1.2", fmt.Sprintf("%.2f (median %.2f s vs %.2f s)", n.Ratio, n.NIOMedianSeconds, n.DirectMedianSeconds), n.Ratio <= 1.2})
+	}
+	return ts
+}
+
+func printReport(w io.Writer, res Results, out, png string) {
+	fmt.Fprintf(w, "\nNIO benchmark — %d CPUs (%s), %d GiB, %s\n", res.Machine.CPUs, res.Machine.CPUModel, res.Machine.MemoryGiB, res.Machine.GoVersion)
+	for _, r := range res.Fleet {
+		fmt.Fprintf(w, "\nfleet of %d machines (simulated build %.1fs, --concurrency %d, --probe-interval %s)", r.Machines, r.BuildTimeSeconds, r.Concurrency, r.ProbeInterval)
+		if r.Error != "" {
+			fmt.Fprintf(w, "  ERROR: %s", r.Error)
+		}
+		fmt.Fprintf(w, "\n  operator: peak RSS %.0f MiB, CPU %.1f s total; fleet-sim peak RSS %.0f MiB\n", r.Operator.PeakRSSMiB, r.Operator.CPUSeconds, r.FleetSimPeakRSS)
+		fmt.Fprintf(w, "  %-18s %8s %8s %8s %10s %8s %6s %6s %12s %9s %8s\n", "round", "p50 s", "p95 s", "total s", "1st apply", "applies", "lsrem", "fetch", "src bytes", "API/apply", "CPU s")
+		for _, rd := range r.Rounds {
+			first := "-"
+			if rd.PushToFirstApplySeconds >= 0 {
+				first = fmt.Sprintf("%.3f s", rd.PushToFirstApplySeconds)
+			}
+			fmt.Fprintf(w, "  %-18s %8.2f %8.2f %8.2f %10s %8d %6d %6d %12d %9.1f %8.1f\n", rd.Name, rd.Converge.P50, rd.Converge.P95, rd.TotalSeconds,
+				first, rd.ApplyHeaders, rd.Git.LsRemotes, rd.Git.Fetches, rd.SourceBytes, rd.APIRequestsPerApply, rd.OperatorCPUSeconds)
+		}
+	}
+	if n := res.Nix; n != nil {
+		fmt.Fprintf(w, "\nNIO vs direct (real Nix, fixture build hashing %d MiB): ", n.WorkMiB)
+		if n.Error != "" {
+			fmt.Fprintf(w, "ERROR: %s\n", n.Error)
+		}
+		fmt.Fprintf(w, "NIO %s s, direct %s s; medians %.2f s vs %.2f s, ratio %.2f\n", secs(n.NIOSeconds), secs(n.DirectSeconds), n.NIOMedianSeconds, n.DirectMedianSeconds, n.Ratio)
+		fmt.Fprintf(w, "  system already built (fixed cost of each path): NIO %s s, direct %s s; medians %.3f s vs %.3f s\n",
+			secs(n.NoBuildNIOSeconds), secs(n.NoBuildDirectSeconds), n.NoBuildNIOMedianSeconds, n.NoBuildDirectMedianSeconds)
+	}
+	fmt.Fprintf(w, "\ntargets:\n")
+	for _, t := range res.Targets {
+		mark := "MISSED"
+		if t.Met {
+			mark = "met"
+		}
+		fmt.Fprintf(w, "  %-6s %-40s goal %-32s measured %s\n", mark, t.Name, t.Goal, t.Measured)
+	}
+	fmt.Fprintf(w, "\nresults: %s\nplot:    %s\n", out, png)
+}
+
+func secs(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf("%.2f", x)
+	}
+	return "[" + strings.Join(s, " ") + "]"
+}
