@@ -63,7 +63,7 @@ func main() {
 	concurrency := flag.Int("concurrency", 100, "the operator's --concurrency")
 	probeInterval := flag.Duration("probe-interval", time.Hour, "the operator's --probe-interval; long, so Machine probes do not dominate the rounds")
 	roundTimeout := flag.Duration("round-timeout", 15*time.Minute, "longest one round may take")
-	out := flag.String("out", "bench/results/bench.json", "results file; the plot is written beside it as .png")
+	out := flag.String("out", "hack/bench/results/bench.json", "results file; the plot is written beside it as .png")
 	nixRuns := flag.Int("nix-runs", 5, "NIO-vs-direct repetitions of each side (0 skips the Nix benchmark)")
 	nixWork := flag.Int("nix-work-mib", 600, "MiB the fixture's build hashes (its CPU work)")
 	workDir := flag.String("work-dir", "", "scratch directory (default: a new temporary directory, removed afterwards)")
