@@ -41,7 +41,7 @@ func fixtureTree(t *testing.T) []source.Entry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := source.ParseCredentials(map[string][]byte{"token": []byte("render-token")})
+	creds, err := source.ParseCredentials(map[string][]byte{"bearerToken": []byte("render-token")})
 	if err != nil {
 		t.Fatal(err)
 	}
