@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
@@ -58,16 +59,25 @@ const factsRetry = 10 * time.Minute
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile runs one pass for one Machine.
-func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request) (_ reconcile.Result, retErr error) {
+func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
 	start := r.now()
 	m := &nio.Machine{}
 	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	defer func() { r.Metrics.observeReconcile("Machine", start, retErr) }()
+	// The NixosConfiguration controller writes fields of this status too (what was
+	// applied, the host key an install generated): a pass that read an older Machine
+	// must not write back what it saw, so the write is conditional on the version read.
 	sw := newStatusWriter(r.Client, m)
+	sw.optimistic = true
 	defer func() {
-		if err := sw.flush(ctx, m); err != nil && retErr == nil {
+		err := sw.flush(ctx, m)
+		switch {
+		case apierrors.IsConflict(err):
+			log.FromContext(ctx).V(1).Info("Machine changed during the pass; probing again")
+			result, retErr = reconcile.Result{RequeueAfter: time.Second}, nil
+		case err != nil && retErr == nil:
 			retErr = err
 		}
 	}()

@@ -15,6 +15,9 @@ import (
 type statusWriter struct {
 	c    client.Client
 	base client.Object
+	// optimistic makes a write fail with a conflict when the object changed since it
+	// was read, for a status another controller writes fields of too.
+	optimistic bool
 }
 
 func newStatusWriter(c client.Client, obj client.Object) *statusWriter {
@@ -24,6 +27,9 @@ func newStatusWriter(c client.Client, obj client.Object) *statusWriter {
 // flush writes obj's status if it differs from the last write.
 func (w *statusWriter) flush(ctx context.Context, obj client.Object) error {
 	patch := client.MergeFrom(w.base)
+	if w.optimistic {
+		patch = client.MergeFromWithOptions(w.base, client.MergeFromWithOptimisticLock{})
+	}
 	data, err := patch.Data(obj)
 	if err != nil {
 		return fmt.Errorf("status patch: %w", err)
@@ -41,7 +47,8 @@ func (w *statusWriter) flush(ctx context.Context, obj client.Object) error {
 	return nil
 }
 
-// changesStatus tells whether a merge patch touches .status.
+// changesStatus tells whether a merge patch touches .status (an optimistic patch
+// always carries metadata.resourceVersion, so metadata alone says nothing).
 func changesStatus(patch []byte) bool {
 	return bytes.Contains(patch, []byte(`"status"`))
 }
