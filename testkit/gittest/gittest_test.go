@@ -1,6 +1,7 @@
 package gittest
 
 import (
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -152,5 +153,50 @@ func mustWrite(t *testing.T, path, content string, mode os.FileMode) {
 	}
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestServeWorkRepoWithTokenAuth: outside a test's helpers, Serve and WorkRepo push
+// commits that clients see, and AuthToken takes the token as a basic-auth password
+// or a bearer token, nothing else.
+func TestServeWorkRepoWithTokenAuth(t *testing.T) {
+	s, err := Serve(t.TempDir(), Options{Auth: AuthToken, Token: "tok-1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	repo, err := s.CreateWorkRepo("fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, err := repo.Commit(func(dir string) error { return WriteFiles(dir, map[string]string{"a/b.sh": "echo\n"}) }, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, set := range map[string]func(*http.Request){
+		"basic":  func(r *http.Request) { r.SetBasicAuth("x-access-token", "tok-1") },
+		"bearer": func(r *http.Request) { r.Header.Set("Authorization", "Bearer tok-1") },
+	} {
+		req, _ := http.NewRequest(http.MethodGet, repo.URL+"/info/refs?service=git-upload-pack", nil)
+		set(req)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), head) {
+			t.Errorf("%s: status %d, head %s advertised: %v", name, resp.StatusCode, head, strings.Contains(string(body), head))
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, repo.URL+"/info/refs?service=git-upload-pack", nil)
+	req.SetBasicAuth("x-access-token", "wrong")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || s.Count(Unauthorized) != 1 {
+		t.Errorf("wrong token: status %d, unauthorized count %d", resp.StatusCode, s.Count(Unauthorized))
 	}
 }

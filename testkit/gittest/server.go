@@ -9,6 +9,8 @@ package gittest
 import (
 	"crypto/subtle"
 	"encoding/pem"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -33,6 +35,9 @@ const (
 	AuthBasic
 	// AuthBearer requires `Authorization: Bearer <Options.Token>`.
 	AuthBearer
+	// AuthToken takes Options.Token the way forges take an access token: as the
+	// basic-auth password (any user) or as a bearer token.
+	AuthToken
 )
 
 // Kind names a class of request the server counts.
@@ -87,13 +92,32 @@ type Server struct {
 	counts map[Kind]int
 }
 
-// NewServer starts a server whose repositories live in a fresh temporary directory.
+// NewServer starts a server whose repositories live in a fresh temporary directory;
+// it stops when the test ends.
 func NewServer(t testing.TB, opts Options) *Server {
 	t.Helper()
-	if _, err := os.Stat(HTTPBackend); err != nil {
-		t.Fatalf("gittest: %s is missing (install Debian's git package): %v", HTTPBackend, err)
+	s, err := Serve(t.TempDir(), opts, testLog{t})
+	if err != nil {
+		t.Fatalf("gittest: %v", err)
 	}
-	s := &Server{opts: opts, root: t.TempDir(), counts: map[Kind]int{}}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// Serve starts a server over the repositories in root (created if missing) outside a
+// test — the demo and the benchmark serve their repositories with it. The backend's
+// stderr goes to logw (nil: discarded). Close stops it.
+func Serve(root string, opts Options, logw io.Writer) (*Server, error) {
+	if _, err := os.Stat(HTTPBackend); err != nil {
+		return nil, fmt.Errorf("%s is missing (install Debian's git package): %w", HTTPBackend, err)
+	}
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, err
+	}
+	if logw == nil {
+		logw = io.Discard
+	}
+	s := &Server{opts: opts, root: root, counts: map[Kind]int{}}
 	backend := &cgi.Handler{
 		Path: HTTPBackend,
 		Dir:  s.root,
@@ -106,7 +130,7 @@ func NewServer(t testing.TB, opts Options) *Server {
 		},
 		// The backend reads the protocol version from HTTP_GIT_PROTOCOL, which cgi
 		// passes as it passes every request header.
-		Stderr: testLog{t},
+		Stderr: logw,
 	}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		kind := classify(r)
@@ -134,9 +158,11 @@ func NewServer(t testing.TB, opts Options) *Server {
 		s.srv = httptest.NewServer(h)
 	}
 	s.URL = s.srv.URL
-	t.Cleanup(s.srv.Close)
-	return s
+	return s, nil
 }
+
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
 
 // Count returns how many requests of kind the server has received.
 func (s *Server) Count(kind Kind) int {
@@ -176,6 +202,12 @@ func (s *Server) authorized(r *http.Request) bool {
 		u, p, ok := r.BasicAuth()
 		return ok && equal(u, s.opts.Username) && equal(p, s.opts.Password)
 	case AuthBearer:
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		return ok && equal(tok, s.opts.Token)
+	case AuthToken:
+		if _, p, ok := r.BasicAuth(); ok {
+			return equal(p, s.opts.Token)
+		}
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		return ok && equal(tok, s.opts.Token)
 	default:

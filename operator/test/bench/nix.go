@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/gittest"
 )
 
 //go:embed testdata/cpuflake
@@ -290,7 +291,7 @@ func runNix(ctx context.Context, o nixOptions) (res NixResult, err error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		if err := writeTree(dir, tree); err != nil {
+		if err := gittest.WriteFiles(dir, tree); err != nil {
 			return err
 		}
 		env := nixe.environ(directState)
