@@ -18,6 +18,12 @@ a second run with the same options changes nothing.
                       nio-operator-webhook, port 9292, POST /hook/<provider>; creates
                       the Secret nio-webhook (key token) with a random token if
                       missing. Without it, a receiver installed before is removed
+  --watch-namespaces NS[,NS...]
+                      manage Machines and NixosConfigurations in these namespaces only
+                      (they must exist): the operator's ClusterRole is bound there by
+                      RoleBindings instead of cluster-wide, so it reads Secrets only
+                      there, and the operator runs with --watch-namespaces. Without
+                      it, a scoping installed before is removed (cluster-wide again)
   --no-deployment     install everything but the operator's Deployment and Services
                       (removing them if installed before), to run nio-operator outside
                       the cluster as the ServiceAccount nio-operator
@@ -63,6 +69,7 @@ image=${NIO_IMAGE:-}
 mode=apply
 webhook=false
 deployment=true
+watch_namespaces=
 yes=false
 keep_crds=false
 kubectl_args=()
@@ -87,6 +94,15 @@ while [ $# -gt 0 ]; do
       [ -n "$image" ] || usage_error "--image needs a value"
       ;;
     --webhook) webhook=true ;;
+    --watch-namespaces)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then usage_error "--watch-namespaces needs a value"; fi
+      watch_namespaces=$2
+      shift
+      ;;
+    --watch-namespaces=*)
+      watch_namespaces=${1#--watch-namespaces=}
+      [ -n "$watch_namespaces" ] || usage_error "--watch-namespaces needs a value"
+      ;;
     --no-deployment) deployment=false ;;
     --dry-run) set_mode dry-run ;;
     --uninstall) set_mode uninstall ;;
@@ -119,6 +135,16 @@ done
 
 if [ "$mode" != uninstall ] && { [ "$yes" = true ] || [ "$keep_crds" = true ]; }; then
   usage_error "--yes and --keep-crds go with --uninstall"
+fi
+# The namespaces go into manifests: each must be a namespace name, nothing else.
+watch_list=()
+if [ -n "$watch_namespaces" ]; then
+  IFS=, read -r -a watch_list <<<"$watch_namespaces"
+  for ns in "${watch_list[@]}"; do
+    if ! [[ $ns =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]]; then
+      usage_error "--watch-namespaces: '$ns' is not a namespace name"
+    fi
+  done
 fi
 if [ "$webhook" = true ] && [ "$deployment" = false ]; then
   usage_error "--webhook needs the Deployment: the receiver runs in the operator (out of the cluster, pass --webhook-bind-address to nio-operator yourself)"
@@ -215,8 +241,13 @@ render() {
       if [ -n "$image_tag" ]; then echo "    newTag: '$image_tag'"; fi
       if [ -n "$image_digest" ]; then echo "    digest: '$image_digest'"; fi
     fi
-    if [ "$deployment" = false ]; then
+    if [ ${#watch_list[@]} -gt 0 ]; then
+      echo "  - watch-bindings.yaml"
+    fi
+    if [ "$deployment" = false ] || [ ${#watch_list[@]} -gt 0 ]; then
       echo "patches:"
+    fi
+    if [ "$deployment" = false ]; then
       local kind name kind_name
       for kind_name in Deployment/nio-operator Service/nio-operator-metrics; do
         kind=${kind_name%/*} name=${kind_name#*/}
@@ -229,7 +260,45 @@ render() {
         echo "        namespace: $namespace"
       done
     fi
+    if [ ${#watch_list[@]} -gt 0 ]; then
+      echo "  - patch: |-"
+      echo "      \$patch: delete"
+      echo "      apiVersion: rbac.authorization.k8s.io/v1"
+      echo "      kind: ClusterRoleBinding"
+      echo "      metadata:"
+      echo "        name: nio-operator"
+      if [ "$deployment" = true ]; then
+        echo "  - target: {kind: Deployment, name: nio-operator}"
+        echo "    patch: |-"
+        echo "      - op: add"
+        echo "        path: /spec/template/spec/containers/0/args/-"
+        echo "        value: --watch-namespaces=$watch_namespaces"
+      fi
+    fi
   } >"$dir/kustomization.yaml"
+  if [ ${#watch_list[@]} -gt 0 ]; then
+    for ns in "${watch_list[@]}"; do
+      cat <<EOB
+---
+# Binds the operator's ClusterRole in a namespace it manages (--watch-namespaces).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: nio-operator-watch
+  namespace: $ns
+  labels:
+    app.kubernetes.io/component: watch-binding
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: nio-operator
+subjects:
+  - kind: ServiceAccount
+    name: nio-operator
+    namespace: $namespace
+EOB
+    done >"$dir/watch-bindings.yaml"
+  fi
   "$kubectl" kustomize "$dir" >"$tmp/manifests.yaml" ||
     die "kubectl kustomize $config failed (kubectl 1.27 or newer is needed)"
 }
@@ -287,6 +356,22 @@ prune() {
   if [ ${#stale[@]} -gt 0 ]; then
     k delete -n "$namespace" --ignore-not-found "${stale[@]}"
   fi
+  # Namespace scoping: the cluster-wide binding or the per-namespace ones, never both,
+  # and no binding left in a namespace no longer managed.
+  if [ ${#watch_list[@]} -gt 0 ]; then
+    k delete --ignore-not-found clusterrolebinding/nio-operator
+  fi
+  local bound wanted
+  bound=$(k get rolebinding -A -l app.kubernetes.io/component=watch-binding -o jsonpath='{range .items[*]}{.metadata.namespace}{"\n"}{end}')
+  for ns in $bound; do
+    wanted=false
+    for w in ${watch_list[@]+"${watch_list[@]}"}; do
+      if [ "$w" = "$ns" ]; then wanted=true; fi
+    done
+    if [ "$wanted" = false ]; then
+      k delete -n "$ns" --ignore-not-found rolebinding/nio-operator-watch
+    fi
+  done
 }
 
 install_nio() {
@@ -350,6 +435,7 @@ uninstall_nio() {
 
   # The namespace's contents (the CA Secret, the lease) go with it, in the background.
   k delete -f "$tmp/manifests.yaml" -l 'app.kubernetes.io/component!=crd' --ignore-not-found --wait=false
+  k delete rolebinding -A -l app.kubernetes.io/component=watch-binding --ignore-not-found
 
   if [ "$keep_crds" = true ]; then
     echo "NIO is uninstalled; the CRDs, Machines and NixosConfigurations are kept."
@@ -378,7 +464,7 @@ case "$mode" in
     ;;
   uninstall)
     # Everything install.sh may have installed, whatever options it was run with.
-    webhook=true deployment=true image=''
+    webhook=true deployment=true image='' watch_list=()
     render
     check_cluster
     uninstall_nio
