@@ -7,7 +7,6 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
 	"io"
@@ -248,19 +247,7 @@ func dirSource(t *testing.T, dir string) Source {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
-	sum := sha256.Sum256(data)
-	return Source{
-		Digest: "sha256:" + hex.EncodeToString(sum[:]),
-		Size:   int64(len(data)),
-		Open:   func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-	}
+	return finishSource(t, &buf, tw, gz)
 }
 
 // uniqueVersion makes a fixture's store path new, so Nix really builds it.

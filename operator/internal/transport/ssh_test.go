@@ -20,6 +20,24 @@ import (
 	"github.com/homystack/nio/testkit/sshtest"
 )
 
+// finishSource closes the archive writers and returns the archive as a Source.
+func finishSource(t testing.TB, buf *bytes.Buffer, tw *tar.Writer, gz *gzip.Writer) Source {
+	t.Helper()
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	sum := sha256.Sum256(data)
+	return Source{
+		Digest: "sha256:" + hex.EncodeToString(sum[:]),
+		Size:   int64(len(data)),
+		Open:   func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
+	}
+}
+
 // testSource packs files into a tar.gz Source.
 func testSource(t testing.TB, files map[string]string) Source {
 	t.Helper()
@@ -39,19 +57,7 @@ func testSource(t testing.TB, files map[string]string) Source {
 			t.Fatal(err)
 		}
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := gz.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
-	sum := sha256.Sum256(data)
-	return Source{
-		Digest: "sha256:" + hex.EncodeToString(sum[:]),
-		Size:   int64(len(data)),
-		Open:   func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-	}
+	return finishSource(t, &buf, tw, gz)
 }
 
 // sshHost is an sshd plus scratch system links the stand-ins update like a switch.
