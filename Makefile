@@ -16,7 +16,7 @@ BUF_AGAINST ?= .git\#branch=main
 
 export KUBEBUILDER_ASSETS := $(K8S)
 
-.PHONY: build tools generate check-generate k8s deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
+.PHONY: build tools generate check-generate k8s systemd-host deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
 
 ## build: the nio-operator and nio-agent binaries, into bin/.
 build:
@@ -50,6 +50,11 @@ check-generate:
 k8s:
 	hack/controlplane/build.sh $(K8S)
 
+## systemd-host: the systemd test host's root file system (Debian trixie: systemd 257,
+## Nix 2.26, OpenSSH) made with debootstrap into bin/systemd-host, once.
+systemd-host: deps
+	hack/systemd-host/build.sh $(BIN)/systemd-host
+
 ## deps: Debian packages the tests run for real (nix-bin, openssh-server, iproute2, git).
 deps:
 	hack/deps.sh
@@ -64,7 +69,7 @@ unit:
 ## e2e: the end-to-end suite of real processes (as root, about 2 minutes): the usage
 ## guide with kubectl, install.sh, the operator as its ServiceAccount, a demo host with
 ## sshd, nio-agent and Nix; it also runs the demo with DEMO_EXIT=1.
-e2e: deps k8s
+e2e: deps k8s systemd-host
 	$(GO) test -tags e2e -count=1 -timeout 15m ./operator/test/e2e/
 
 ## demo: the usage guide for real on this machine (as root): control plane, install.sh,

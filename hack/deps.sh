@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and the demo run for real: Nix (single-user,
 # offline), OpenSSH's sshd, iproute2 (network namespaces) and git (git http-backend),
-# plus shellcheck for `make lint`.
+# debootstrap and systemd-nspawn (the systemd test host), plus shellcheck for
+# `make lint`.
 # Idempotent: installs only what is missing. Needs root (or passwordless sudo) when
 # something is missing.
 set -euo pipefail
@@ -15,6 +16,9 @@ command -v git >/dev/null 2>&1 || need+=(git)
 [ -x /usr/lib/git-core/git-http-backend ] || need+=(git)
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+# The systemd test host: a debootstrapped Debian root booted by systemd-nspawn.
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need+=(systemd-container)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -184,8 +184,10 @@ type SystemStatus struct {
 	// Generation is the system profile's current generation number.
 	// +optional
 	Generation int64 `json:"generation,omitempty"`
-	// NeedsReboot is true when the running system differs from the booted one in
-	// kernel, initrd or kernel modules.
+	// NeedsReboot is true when only a reboot runs all of the system the profile
+	// holds: the running system differs from the booted one in kernel, initrd or
+	// kernel modules (NixOS's own check), or a generation set with action boot
+	// waits in the system profile (neither running nor booted).
 	// +optional
 	NeedsReboot bool `json:"needsReboot,omitempty"`
 }

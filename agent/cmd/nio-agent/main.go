@@ -99,7 +99,15 @@ func main() {
 }
 
 func run(o *options, log *slog.Logger) error {
-	store, err := certs.Load(o.tlsDir)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	store, err := certs.WaitLoad(ctx, o.tlsDir, 2*time.Second, func(err error) {
+		log.Info("waiting for the TLS identity the operator delivers", "tls_dir", o.tlsDir, "missing", err.Error())
+	})
+	if errors.Is(err, context.Canceled) {
+		log.Info("nio-agent stopped before it had a TLS identity")
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -148,8 +156,6 @@ func run(o *options, log *slog.Logger) error {
 	)
 	srv.Register(g)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(lis) }()
 	log.Info("nio-agent listening", "addr", lis.Addr().String(), "version", version, "systemd_run", o.systemdRun)

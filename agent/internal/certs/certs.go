@@ -4,6 +4,7 @@
 package certs
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,6 +59,33 @@ func Load(dir string) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// WaitLoad is Load once the identity is there. A host's agent can start before the
+// operator has delivered ca.crt, tls.crt and tls.key (over SSH, followed by `systemctl
+// restart nio-agent`): it waits, checking every poll, instead of exiting, so systemd
+// neither restarts it in a loop nor gives up on it. waiting is called once, with the
+// first error, when it has to wait. Other errors (a file that exists but is not a
+// certificate) return at once.
+func WaitLoad(ctx context.Context, dir string, poll time.Duration, waiting func(error)) (*Store, error) {
+	told := false
+	for {
+		s, err := Load(dir)
+		if err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return s, err
+		}
+		if !told && waiting != nil {
+			waiting(err)
+			told = true
+		}
+		t := time.NewTimer(poll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 func (s *Store) set(kp *tls.Certificate) error {

@@ -86,3 +86,69 @@ func TestBeginRenewalWantsAMachineName(t *testing.T) {
 		t.Error("a CSR for a name outside machine.nio was made")
 	}
 }
+
+// An agent started before its identity was delivered waits for it, and serves the
+// identity once all three files are there; a partial delivery is still waited for.
+func TestWaitLoadWaitsForTheDeliveredIdentity(t *testing.T) {
+	ca := certtest.NewCA(t)
+	crt, key := ca.MachineServer(t, "prod", "web-1")
+	staged := certtest.WriteFiles(t, t.TempDir(), ca.CertPEM, crt, key)
+	dir := filepath.Join(t.TempDir(), "tls") // does not exist yet
+
+	waited := make(chan error, 1)
+	type result struct {
+		s   *Store
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := WaitLoad(t.Context(), dir, 10*time.Millisecond, func(err error) { waited <- err })
+		done <- result{s, err}
+	}()
+	if err := <-waited; !strings.Contains(err.Error(), CAFile) {
+		t.Errorf("waiting reason %q does not name %s", err, CAFile)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The CA first: the agent must keep waiting for the certificate and key.
+	for i, name := range []string{CAFile, CertFile, KeyFile} {
+		select {
+		case r := <-done:
+			t.Fatalf("WaitLoad returned after %d of 3 files: %v", i, r.err)
+		default:
+		}
+		b, err := os.ReadFile(filepath.Join(staged, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the operator delivers: a temporary file renamed into place.
+		if err := os.WriteFile(filepath.Join(dir, name+".tmp"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, name+".tmp"), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if got := r.s.NotAfter(); got.IsZero() {
+		t.Error("loaded store has no certificate")
+	}
+}
+
+// A file that exists but holds no certificate is an error at once, not a wait.
+func TestWaitLoadFailsAtOnceOnABrokenIdentity(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{CAFile, CertFile, KeyFile} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("garbage"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := WaitLoad(t.Context(), dir, time.Hour, func(error) { t.Error("waited on a broken identity") })
+	if err == nil {
+		t.Fatal("WaitLoad accepted garbage")
+	}
+}

@@ -158,6 +158,10 @@ func (h *Host) Generation() (int64, error) {
 // CurrentSystem implements Executor by resolving the current-system link.
 func (h *Host) CurrentSystem() (string, error) { return resolve(h.cfg.CurrentSystemLink) }
 
+// ProfileSystem is the store path the system profile's generation holds: what the
+// next boot runs, "" when there is no profile.
+func (h *Host) ProfileSystem() (string, error) { return resolve(h.cfg.Profile) }
+
 // BootedSystem implements Executor by resolving the booted-system link.
 func (h *Host) BootedSystem() (string, error) { return resolve(h.cfg.BootedSystemLink) }
 
@@ -175,11 +179,18 @@ func resolve(link string) (string, error) {
 	return p, nil
 }
 
-// NeedsReboot reports whether the running system's kernel, initrd or kernel modules
-// differ from the booted system's — the check NixOS itself makes — so only a reboot
-// runs all of the current system. Unknown systems never need one.
-func NeedsReboot(current, booted string) bool {
-	if current == "" || booted == "" || current == booted {
+// NeedsReboot reports whether only a reboot runs all of the system the profile
+// holds: the running system's kernel, initrd or kernel modules differ from the booted
+// system's — the check NixOS itself makes — or the profile's system (next) is neither
+// running nor booted, as after action boot. Unknown systems never need one.
+func NeedsReboot(current, booted, next string) bool {
+	if current == "" || booted == "" {
+		return false
+	}
+	if next != "" && next != current && next != booted {
+		return true
+	}
+	if current == booted {
 		return false
 	}
 	for _, part := range []string{"kernel", "initrd", "kernel-modules"} {

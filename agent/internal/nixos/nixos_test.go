@@ -95,16 +95,43 @@ func TestNeedsRebootComparesKernelInitrdAndModules(t *testing.T) {
 		return dir
 	}
 	booted := mk("/bzImage-1", "/initrd-1")
-	if NeedsReboot(mk("/bzImage-1", "/initrd-1"), booted) {
+	if NeedsReboot(mk("/bzImage-1", "/initrd-1"), booted, "") {
 		t.Error("same kernel and initrd: reboot wanted")
 	}
-	if !NeedsReboot(mk("/bzImage-2", "/initrd-1"), booted) {
+	if !NeedsReboot(mk("/bzImage-2", "/initrd-1"), booted, "") {
 		t.Error("new kernel: no reboot wanted")
 	}
-	if !NeedsReboot(mk("/bzImage-1", "/initrd-2"), booted) {
+	if !NeedsReboot(mk("/bzImage-1", "/initrd-2"), booted, "") {
 		t.Error("new initrd: no reboot wanted")
 	}
-	if NeedsReboot(booted, "") {
+	if NeedsReboot(booted, "", "") {
 		t.Error("unknown booted system: reboot wanted")
+	}
+}
+
+// After action boot the profile holds a system that neither runs nor booted: only a
+// reboot runs it. After switch (profile = current) or test (profile = booted) not.
+func TestNeedsRebootForAGenerationWaitingInTheProfile(t *testing.T) {
+	mk := func() string {
+		dir := t.TempDir()
+		for _, name := range []string{"kernel", "initrd", "kernel-modules"} {
+			if err := os.Symlink("/same-"+name, filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	booted, next := mk(), mk()
+	if !NeedsReboot(booted, booted, next) {
+		t.Error("a boot generation waits in the profile: no reboot wanted")
+	}
+	if NeedsReboot(next, booted, next) {
+		t.Error("switched to the profile's system (same kernel): reboot wanted")
+	}
+	if NeedsReboot(next, booted, booted) {
+		t.Error("test action (profile = booted): reboot wanted")
+	}
+	if NeedsReboot(next, next, next) {
+		t.Error("after the reboot: reboot wanted")
 	}
 }

@@ -136,7 +136,7 @@ func (s *Server) Status(ctx context.Context, _ *agentv1.StatusRequest) (*agentv1
 		Generation:    gen,
 		AgentVersion:  s.cfg.Version,
 		Hostname:      hostname,
-		NeedsReboot:   nixos.NeedsReboot(current, booted),
+		NeedsReboot:   nixos.NeedsReboot(current, booted, s.profileSystem()),
 	}
 	s.mu.Lock()
 	resp.LastOperation, resp.Busy = s.lastLocked()
@@ -145,6 +145,20 @@ func (s *Server) Status(ctx context.Context, _ *agentv1.StatusRequest) (*agentv1
 		resp.CertificateNotAfter = timestamppb.New(s.cfg.Certs.NotAfter())
 	}
 	return resp, nil
+}
+
+// profileSystem is what the next boot runs, when the executor can tell (the real
+// one can; stand-ins need not).
+func (s *Server) profileSystem() string {
+	p, ok := s.cfg.Executor.(interface{ ProfileSystem() (string, error) })
+	if !ok {
+		return ""
+	}
+	next, err := p.ProfileSystem()
+	if err != nil {
+		s.log.Warn("read the system profile", "err", err)
+	}
+	return next
 }
 
 func (s *Server) lastLocked() (*agentv1.OperationSummary, bool) {

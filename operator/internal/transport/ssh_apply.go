@@ -283,6 +283,10 @@ func (s *SSH) readSystem(ctx context.Context, c *sshConn) (hostSystem, error) {
 				h.NeedsReboot = true
 			}
 		}
+		// A generation set with action boot waits for the next boot.
+		if p := h.profileSystem; p != "" && p != h.CurrentSystem && p != h.BootedSystem {
+			h.NeedsReboot = true
+		}
 	}
 	return h, nil
 }

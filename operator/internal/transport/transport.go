@@ -144,7 +144,8 @@ type SystemStatus struct {
 	BootedSystem  string
 	Generation    int64
 	// NeedsReboot: the running system's kernel, initrd or modules differ from the
-	// booted system's.
+	// booted system's, or the profile holds a system neither running nor booted
+	// (set with action boot).
 	NeedsReboot  bool
 	AgentVersion string
 	// CertificateNotAfter is the agent's serving certificate expiry (agent only).

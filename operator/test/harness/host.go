@@ -271,40 +271,58 @@ func (h *Host) writeKeys() error {
 	return os.WriteFile(h.path("etc", "ssh_host_ed25519_key"), hostPEM, 0o600)
 }
 
-// createNamespace makes the network namespace and a veth pair on a random /30 of
-// 10.234.0.0/16: .1 on the machine's side, .2 (the host's Address) inside.
-func (h *Host) createNamespace() error {
+// createNamespace makes the demo host's network namespace (see createNetns).
+func (h *Host) createNamespace() (err error) {
+	h.netns, h.Address, err = createNetns(h.env, func() {
+		if h.anchor != nil {
+			h.anchor.Kill()
+		}
+	})
+	return err
+}
+
+// createNetns makes a network namespace and a veth pair on a random /30 of
+// 10.234.0.0/16: .1 on the machine's side, .2 (the returned address) inside. Cleanup
+// runs beforeDelete (if set), kills whatever still runs in the namespace and deletes
+// it, which removes the veth pair.
+func createNetns(e *Env, beforeDelete func()) (name, address string, err error) {
 	n, err := rand.Int(rand.Reader, big.NewInt(1<<14))
 	if err != nil {
-		return err
+		return "", "", err
 	}
 	idx := int(n.Int64())
 	base := idx * 4
 	outer := fmt.Sprintf("10.234.%d.%d", base/256, base%256+1)
-	h.Address = fmt.Sprintf("10.234.%d.%d", base/256, base%256+2)
+	address = fmt.Sprintf("10.234.%d.%d", base/256, base%256+2)
 	// The name carries the creating PID so a later run can sweep what a killed one
 	// left (sweepNamespaces); interface names must stay within 15 bytes.
-	h.netns = fmt.Sprintf("%s%d-%d", netnsPrefix, os.Getpid(), idx)
+	name = fmt.Sprintf("%s%d-%d", netnsPrefix, os.Getpid(), idx)
 	short := strconv.FormatInt(int64(os.Getpid()%(1<<20)), 36) + strconv.FormatInt(int64(idx), 36)
 	outIf, inIf := "nd"+short+"h", "nd"+short+"n"
 	sweepNamespaces()
-	if err := run("ip", "netns", "add", h.netns); err != nil {
-		return err
+	if err := run("ip", "netns", "add", name); err != nil {
+		return "", "", err
 	}
-	h.env.Cleanup.Add("network namespace "+h.netns, h.deleteNamespace)
+	e.Cleanup.Add("network namespace "+name, func() error {
+		if beforeDelete != nil {
+			beforeDelete()
+		}
+		killNamespace(name)
+		return run("ip", "netns", "del", name)
+	})
 	for _, argv := range [][]string{
-		{"ip", "link", "add", outIf, "type", "veth", "peer", "name", inIf, "netns", h.netns},
+		{"ip", "link", "add", outIf, "type", "veth", "peer", "name", inIf, "netns", name},
 		{"ip", "addr", "add", outer + "/30", "dev", outIf},
 		{"ip", "link", "set", outIf, "up"},
-		{"ip", "-n", h.netns, "addr", "add", h.Address + "/30", "dev", inIf},
-		{"ip", "-n", h.netns, "link", "set", inIf, "up"},
-		{"ip", "-n", h.netns, "link", "set", "lo", "up"},
+		{"ip", "-n", name, "addr", "add", address + "/30", "dev", inIf},
+		{"ip", "-n", name, "link", "set", inIf, "up"},
+		{"ip", "-n", name, "link", "set", "lo", "up"},
 	} {
 		if err := run(argv...); err != nil {
-			return err
+			return "", "", err
 		}
 	}
-	return nil
+	return name, address, nil
 }
 
 // netnsPrefix starts the name of every demo host's network namespace.
@@ -344,17 +362,6 @@ func killNamespace(name string) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-}
-
-// deleteNamespace stops sshd and whatever else runs in the namespace (only this
-// host's processes can) and deletes it, which removes the veth pair; the mounts go
-// with the last process of the mount namespace.
-func (h *Host) deleteNamespace() error {
-	if h.anchor != nil {
-		h.anchor.Kill()
-	}
-	killNamespace(h.netns)
-	return run("ip", "netns", "del", h.netns)
 }
 
 func newSSHKey() ([]byte, ssh.Signer, error) {

@@ -36,9 +36,19 @@ type Stack struct {
 	FirstCommit string
 }
 
+// UpOptions shape a Stack.
+type UpOptions struct {
+	// NoDemoHost leaves out the demo host (Stack.Host is nil): the caller brings its
+	// own, e.g. a SystemdHost.
+	NoDemoHost bool
+}
+
 // Up starts the Stack, narrating to out. On error everything started so far is
 // cleaned up already.
-func Up(ctx context.Context, out io.Writer) (s *Stack, err error) {
+func Up(ctx context.Context, out io.Writer) (*Stack, error) { return UpWith(ctx, out, UpOptions{}) }
+
+// UpWith is Up shaped by o.
+func UpWith(ctx context.Context, out io.Writer, o UpOptions) (s *Stack, err error) {
 	e, err := NewEnv(out)
 	if err != nil {
 		return nil, err
@@ -91,11 +101,13 @@ func Up(ctx context.Context, out io.Writer) (s *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	e.Printf("\n== Starting the demo host (network + mount namespace: sshd, and nio-agent once it has a TLS identity)\n")
-	if s.Host, err = s.NewHost(ctx, "host", false); err != nil {
-		return nil, err
+	if !o.NoDemoHost {
+		e.Printf("\n== Starting the demo host (network + mount namespace: sshd, and nio-agent once it has a TLS identity)\n")
+		if s.Host, err = s.NewHost(ctx, "host", false); err != nil {
+			return nil, err
+		}
+		e.Printf("demo host %s: sshd on port %d, agent port %d; logs in %s\n", s.Host.Address, HostSSHPort, HostAgentPort, filepath.Join(s.Host.Dir, "log"))
 	}
-	e.Printf("demo host %s: sshd on port %d, agent port %d; logs in %s\n", s.Host.Address, HostSSHPort, HostAgentPort, filepath.Join(s.Host.Dir, "log"))
 	e.Printf("\n== Serving the configuration repository with git http-backend (token auth)\n")
 	if s.Git, err = StartGitServer(e); err != nil {
 		return nil, err
