@@ -46,7 +46,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.currentLink, "current-system-link", "/run/current-system", "link to the running system")
 	fs.StringVar(&o.bootedLink, "booted-system-link", "/run/booted-system", "link to the booted system")
 	fs.StringVar(&o.nixBinDir, "nix-bin-dir", "", "directory holding nix, nix-env and nix-build (default: found on PATH)")
-	fs.BoolVar(&o.systemdRun, "systemd-run", true, "activate through systemd-run, so activation survives the agent")
+	fs.BoolVar(&o.systemdRun, "systemd-run", true, "run activation and nixos-facter through systemd-run, outside the agent's sandbox and cgroup (activation survives the agent)")
 	fs.StringVar(&o.facterPath, "facter-path", "nixos-facter", "nixos-facter binary")
 	fs.Int64Var(&o.maxSourceBytes, "max-source-bytes", 1<<30, "cap on a source archive and its unpacked size")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -139,8 +139,10 @@ func run(o *options, log *slog.Logger) error {
 		StateDir:       o.stateDir,
 		MaxSourceBytes: o.maxSourceBytes,
 		FacterPath:     o.facterPath,
-		Version:        version,
-		Logger:         log,
+		// The hardware is what the sandbox hides: facts leave it as activation does.
+		FacterSystemdRun: o.systemdRun,
+		Version:          version,
+		Logger:           log,
 	})
 	if err != nil {
 		return err

@@ -41,6 +41,9 @@ type Config struct {
 	MaxSourceBytes int64
 	// FacterPath is the nixos-facter binary.
 	FacterPath string
+	// FacterSystemdRun runs nixos-facter through systemd-run, outside the agent's
+	// sandbox (see facter.Config).
+	FacterSystemdRun bool
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
@@ -173,7 +176,7 @@ func (s *Server) lastLocked() (*agentv1.OperationSummary, bool) {
 
 // Facts implements AgentService.
 func (s *Server) Facts(ctx context.Context, _ *agentv1.FactsRequest) (*agentv1.FactsResponse, error) {
-	report, err := facter.Run(ctx, s.cfg.FacterPath)
+	report, err := facter.Run(ctx, facter.Config{Path: s.cfg.FacterPath, SystemdRun: s.cfg.FacterSystemdRun})
 	if err != nil {
 		s.log.Warn("facts failed", "err", err)
 		return nil, status.Errorf(codes.Internal, "facts: %v", err)
