@@ -304,6 +304,9 @@ func Render(o Options) (*File, error) {
 	f := &File{Name: Name, Unit: section(spec.Unit), Service: section(spec.Service), Install: section(spec.Install)}
 	f.Unit["ConditionPathExists"] = []string{o.TLSDir + "/tls.crt"}
 	f.Service["ExecStart"] = []string{execStart}
+	// What NixOS writes for restartIfChanged = false, and what its
+	// switch-to-configuration reads to leave the unit running.
+	f.Service["X-RestartIfChanged"] = []string{"false"}
 	for _, d := range otherDirs {
 		f.Service["ReadWritePaths"] = append(f.Service["ReadWritePaths"], "-"+d)
 		f.Tmpfiles = append(f.Tmpfiles, "d "+d+" 0700 root root - -")

@@ -16,6 +16,9 @@
 //   - failing: evaluates, but the build fails after printing the lines
 //     FailingBuildLine and FailingBuildError.
 //   - sleep: the build sleeps for the seconds in sleep.txt (VarSleep) first.
+//   - systemd-host: the stand-in system of the systemd test host, with a locked
+//     git+file input (see its flake.nix); its switch-to-configuration acts on the
+//     real /run/current-system and systemd of that host.
 //   - module: configuration.nix, a NixOS module stand-in built with the stub nixpkgs
 //     of StubNixpkgs: nix-build '<nixpkgs/nixos>' -A system -I nixos-config=<file>.
 package nixtest

@@ -93,7 +93,7 @@ func TestModuleFixtureBuildsThroughStubNixpkgs(t *testing.T) {
 
 func TestFixturesParse(t *testing.T) {
 	New(t)
-	for _, name := range []string{"basic", "failing", "sleep", "module"} {
+	for _, name := range []string{"basic", "failing", "sleep", "module", "systemd-host"} {
 		dir := CopyFlake(t, name, nil)
 		files, _ := filepath.Glob(filepath.Join(dir, "*.nix"))
 		if len(files) == 0 {

@@ -3,6 +3,7 @@ package harness
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -117,6 +119,23 @@ func (op *Operator) Kill() {
 	if p != nil {
 		p.Kill()
 	}
+}
+
+// Pause stops the process (SIGSTOP) as a hung or partitioned operator stands still:
+// its connections stay open, nothing it would send is sent. Resume undoes it.
+func (op *Operator) Pause() error { return op.signal(syscall.SIGSTOP) }
+
+// Resume continues a paused process (SIGCONT).
+func (op *Operator) Resume() error { return op.signal(syscall.SIGCONT) }
+
+func (op *Operator) signal(sig syscall.Signal) error {
+	op.mu.Lock()
+	p := op.proc
+	op.mu.Unlock()
+	if p == nil || p.Exited() {
+		return errors.New("nio-operator is not running")
+	}
+	return syscall.Kill(p.PID(), sig)
 }
 
 // Log returns the operator's log so far.

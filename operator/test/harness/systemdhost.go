@@ -78,11 +78,10 @@ type SystemdHostOptions struct {
 	Name string
 	// AgentBinary is the nio-agent executable to install (a static Go binary).
 	AgentBinary string
-	// AgentUnit is the text of /etc/systemd/system/nio-agent.service.
-	AgentUnit string
-	// Files are more files to put on the host before it boots: absolute path inside
-	// the host → content (mode 0644), e.g. the tmpfiles.d entries of the module.
-	Files map[string]string
+	// InstallAgentUnit writes nio-agent.service, enabled, into the host's root (the
+	// path of its / seen from here) before it boots: agentunit.File.WriteTo renders
+	// it from nix/agent-unit.json as the NixOS module does.
+	InstallAgentUnit func(root string) error
 }
 
 // StartSystemdHost makes the overlay and the network namespace, writes the host's
@@ -159,15 +158,7 @@ func (h *SystemdHost) writeFiles(o SystemdHostOptions) error {
 		{"/etc/ssh/ssh_host_ed25519_key.pub", 0o644, []byte(h.HostKey + "\n")},
 		{SystemdHostAgentBinary, 0o755, agent},
 		{SystemdHostFacter, 0o755, []byte(facterStandIn)},
-		{"/etc/systemd/system/nio-agent.service", 0o644, []byte(o.AgentUnit)},
 		{"/etc/systemd/system/nio-fixture-boot.service", 0o644, []byte(bootUnit)},
-	}
-	for p, content := range o.Files {
-		files = append(files, struct {
-			path string
-			mode os.FileMode
-			data []byte
-		}{p, 0o644, []byte(content)})
 	}
 	for _, f := range files {
 		dst := h.Path(f.path)
@@ -186,12 +177,13 @@ func (h *SystemdHost) writeFiles(o SystemdHostOptions) error {
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return err
 	}
-	for _, u := range []string{"nio-agent.service", "nio-fixture-boot.service"} {
-		if err := os.Symlink("/etc/systemd/system/"+u, filepath.Join(wants, u)); err != nil {
-			return err
-		}
+	if err := os.Symlink("/etc/systemd/system/nio-fixture-boot.service", filepath.Join(wants, "nio-fixture-boot.service")); err != nil {
+		return err
 	}
-	return nil
+	if o.InstallAgentUnit == nil {
+		return errors.New("systemd host: InstallAgentUnit is required")
+	}
+	return o.InstallAgentUnit(h.root)
 }
 
 // bootUnit stands in for NixOS's stage 2 and boot loader: at boot, the system the

@@ -1,6 +1,6 @@
 # A stand-in NixOS system for the systemd test host (operator/test/harness, SystemdHost):
 # a plain builtins.derivation whose bin/switch-to-configuration does, in small, what
-# NixOS's does on a systemd host — see switch-to-configuration.sh. Unlike the other
+# NixOS's does on a systemd host — see host-switch-to-configuration.sh. Unlike the other
 # fixtures it has a locked input: fixture-lib, a git repository on the host itself
 # (SystemdHostLibRepo), so building it needs what a real host's flakes need from the
 # agent's unit: git and a writable Nix cache. The flake.lock is made on the host by
@@ -24,14 +24,14 @@
           system = read ./system.txt "x86_64-linux";
           name = "nixos-system-${name}-${read ./version.txt "1"}";
           builder = "/bin/sh";
-          args = [ ./builder.sh ];
+          args = [ ./host-builder.sh ];
           fixtureVersion = read ./version.txt "1";
           kernelVersion = read ./kernel.txt "1";
           activation = read ./activation.txt "ok";
           delay = read ./activation-delay.txt "0";
           hold = read ./hold.txt "no";
           libGreeting = fixture-lib.lib.greeting;
-          switchScript = ./switch-to-configuration.sh;
+          switchScript = ./host-switch-to-configuration.sh;
         };
       };
     in
