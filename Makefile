@@ -16,7 +16,7 @@ BUF_AGAINST ?= .git\#branch=main
 
 export KUBEBUILDER_ASSETS := $(K8S)
 
-.PHONY: build tools generate check-generate k8s systemd-host deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
+.PHONY: build tools generate check-generate nix-check k8s systemd-host deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
 
 ## build: the nio-operator and nio-agent binaries, into bin/.
 build:
@@ -59,9 +59,18 @@ systemd-host: deps
 deps:
 	hack/deps.sh
 
-## test: lint, generated-code check, every module's unit and envtest tests, and the
-## end-to-end suite.
-test: deps k8s lint check-generate unit e2e
+## test: lint, generated-code check, the Nix checks, every module's unit and envtest
+## tests, and the end-to-end suite.
+test: deps k8s lint check-generate nix-check unit e2e
+
+## nix-check: the Nix side, offline, with the machine's Nix (2.8 suffices): vendor
+## hashes current (recomputed from the Go module cache; nix/vendor-hash.sh --update
+## rewrites them), nix/module.nix evaluated with a stub lib and compared setting by
+## setting with testkit/agentunit's unit (assertions included), flake.nix's outputs
+## evaluated with a stub nixpkgs, every .nix file parsed.
+nix-check: deps
+	nix/vendor-hash.sh --check
+	$(GO) test -count=1 ./testkit/agentunit/ ./agent/internal/nixfiles/
 
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)

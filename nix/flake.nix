@@ -13,12 +13,17 @@
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       vendorHashes = import ./vendor-hashes.nix;
+      # The Go modules need Go 1.26 (go.mod); say which nixpkgs has it rather than
+      # let callPackage complain of a missing argument.
+      go126 = pkgs: pkgs.buildGo126Module or (throw
+        "nio: this nixpkgs has no buildGo126Module (Go 1.26, which go.mod requires); follow nixos-unstable or NixOS >= 26.05 with inputs.nio.inputs.nixpkgs");
       version = "0.1.0-${self.shortRev or self.dirtyShortRev or "dev"}";
     in
     {
       packages = forAllSystems (pkgs: rec {
         nio-agent = pkgs.callPackage ./package.nix {
           inherit version;
+          buildGo126Module = go126 pkgs;
           pname = "nio-agent";
           modRoot = "agent";
           subPackages = [ "cmd/nio-agent" ];
@@ -26,6 +31,7 @@
         };
         nio-operator = pkgs.callPackage ./package.nix {
           inherit version;
+          buildGo126Module = go126 pkgs;
           pname = "nio-operator";
           modRoot = "operator";
           subPackages = [ "cmd/nio-operator" ];
