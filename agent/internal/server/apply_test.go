@@ -202,3 +202,4 @@ func TestUnconfirmedSwitchRollsBackEvenAfterTheStreamCloses(t *testing.T) {
 		t.Errorf("a late Confirm reports %v, want ROLLED_BACK", resp.GetOutcome())
 	}
 }
+

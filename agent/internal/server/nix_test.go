@@ -31,7 +31,7 @@ func startNixHost(t *testing.T) *nixHost {
 	if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	x := nixos.NewHost(nixos.Config{Profile: profile, CurrentSystemLink: env.CurrentSystemLink(), RunDir: dir})
+	x := nixos.NewHost(nixos.Config{Profile: profile, CurrentSystemLink: env.CurrentSystemLink()})
 	return &nixHost{env: env, profile: profile, client: startBufconn(t, newTestServer(t, x, filepath.Join(dir, "state")))}
 }
 
