@@ -46,15 +46,23 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 	}
 
 	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
-	sent := make(chan error, 1)
-	go func() { sent <- op.follow(ctx, 0, stream.Send) }()
-
 	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
 	archivePath, known := s.cache.Path(h.GetSourceDigest())
 	if known {
 		op.agentLine("source " + h.GetSourceDigest() + " already held")
 	} else {
 		op.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_NeedSource{NeedSource: &agentv1.NeedSource{SourceDigest: h.GetSourceDigest()}}})
+	}
+	// Only this goroutine ever sends on the stream: gRPC forbids a Send after the
+	// handler returned, and a second sending goroutine could still be in one on any
+	// early return. Nothing else emits before execute starts, so sending what there
+	// is now, then reading the chunks, then following, loses nothing.
+	sent, err := op.sendEmitted(stream.Send)
+	if err != nil {
+		s.forget(op) // nothing ran; a retry with the same id starts over
+		return err
+	}
+	if !known {
 		archivePath, err = s.receive(stream, h)
 		var streamErr *streamError
 		if errors.As(err, &streamErr) {
@@ -66,11 +74,11 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 		}
 		if err != nil {
 			s.fail(op, err.Error())
-			return <-sent
+			return op.follow(ctx, sent, stream.Send)
 		}
 	}
 	go s.execute(op, archivePath)
-	return <-sent
+	return op.follow(ctx, sent, stream.Send)
 }
 
 // begin registers a new operation, or finds the one to attach to.

@@ -139,6 +139,21 @@ func (o *operation) snapshot() *agentv1.OperationSummary {
 	return proto.Clone(o.summary).(*agentv1.OperationSummary)
 }
 
+// sendEmitted sends the events emitted so far and returns the last sequence sent.
+func (o *operation) sendEmitted(send func(*agentv1.ApplyResponse) error) (uint64, error) {
+	o.mu.Lock()
+	batch := append([]*agentv1.ApplyResponse(nil), o.events...)
+	o.mu.Unlock()
+	var last uint64
+	for _, ev := range batch {
+		if err := send(ev); err != nil {
+			return last, err
+		}
+		last = ev.Sequence
+	}
+	return last, nil
+}
+
 // follow sends the events after sequence `after` (see replayFrom), then each new
 // one, until the result has been sent or ctx ends. The operation does not depend on
 // anyone following it.
