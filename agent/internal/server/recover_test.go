@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/homystack/nio/agent/internal/nixos"
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,7 +37,7 @@ type agentProcess struct {
 
 // startAgentProcess starts an agent on state; crashAt names the step where it dies
 // ("" for none).
-func startAgentProcess(t *testing.T, x *fakeExecutor, state, crashAt string) *agentProcess {
+func startAgentProcess(t *testing.T, x nixos.Executor, state, crashAt string) *agentProcess {
 	t.Helper()
 	p := &agentProcess{crashed: make(chan struct{}), log: &syncBuffer{}}
 	var once sync.Once
@@ -108,10 +109,6 @@ func switchedToV1(t *testing.T, x *fakeExecutor, state string) string {
 // startV2 starts a switch to v2 on p and returns its header and what the stream saw
 // until the agent died (the stream breaks then).
 func startV2(t *testing.T, p *agentProcess, confirm time.Duration) (*agentv1.ApplyHeader, <-chan *applyRun) {
-	return startV2Watching(t, p, confirm, nil)
-}
-
-func startV2Watching(t *testing.T, p *agentProcess, confirm time.Duration, onEvent func(*agentv1.ApplyResponse) bool) (*agentv1.ApplyHeader, <-chan *applyRun) {
 	t.Helper()
 	v2 := makeArchive(t, sourceV2)
 	h := flakeHeader("op-v2", agentv1.Action_ACTION_SWITCH, v2)
@@ -119,7 +116,7 @@ func startV2Watching(t *testing.T, p *agentProcess, confirm time.Duration, onEve
 		withConfirm(h, confirm)
 	}
 	seen := make(chan *applyRun, 1)
-	go func() { seen <- apply(t, p.client, h, v2, onEvent) }()
+	go func() { seen <- apply(t, p.client, h, v2, nil) }()
 	return h, seen
 }
 
@@ -354,16 +351,25 @@ func TestKilledDuringActivationWithoutConfirmSucceedsWhenTheUnitDoes(t *testing.
 
 // killedInConfirmWindow kills the agent after it opened the confirm window (the
 // operator saw AWAITING_CONFIRM, but its Confirm never arrived) and restarts it.
-func killedInConfirmWindow(t *testing.T, x *fakeExecutor, state string, timeout time.Duration) (*agentProcess, *agentv1.ApplyHeader, *applyRun) {
+func killedInConfirmWindow(t *testing.T, x nixos.Executor, state string, timeout time.Duration) (*agentProcess, *agentv1.ApplyHeader, *applyRun) {
+	t.Helper()
+	v2 := makeArchive(t, sourceV2)
+	return killedInConfirmWindowOf(t, x, state, withConfirm(flakeHeader("op-v2", agentv1.Action_ACTION_SWITCH, v2), timeout), v2)
+}
+
+func killedInConfirmWindowOf(t *testing.T, x nixos.Executor, state string, h *agentv1.ApplyHeader, arch []byte) (*agentProcess, *agentv1.ApplyHeader, *applyRun) {
 	t.Helper()
 	first := startAgentProcess(t, x, state, "confirm-window")
 	window := make(chan struct{})
-	h, seen := startV2Watching(t, first, timeout, func(ev *agentv1.ApplyResponse) bool {
-		if ev.GetPhase().GetPhase() == agentv1.Phase_PHASE_AWAITING_CONFIRM {
-			close(window)
-		}
-		return true
-	})
+	seen := make(chan *applyRun, 1)
+	go func() {
+		seen <- apply(t, first.client, h, arch, func(ev *agentv1.ApplyResponse) bool {
+			if ev.GetPhase().GetPhase() == agentv1.Phase_PHASE_AWAITING_CONFIRM {
+				close(window)
+			}
+			return true
+		})
+	}()
 	<-first.crashed
 	<-window
 	first.kill()
