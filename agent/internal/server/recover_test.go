@@ -385,6 +385,17 @@ func TestKilledInConfirmWindowIsConfirmedByTheReattachingOperator(t *testing.T) 
 	x := newFakeExecutor()
 	switchedToV1(t, x, state)
 	second, h, before := killedInConfirmWindow(t, x, state, 30*time.Second)
+	// SIGTERM now (systemctl restart nio-agent) would wait for the recovered
+	// operation, confirm window included, and refuse new ones meanwhile.
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := second.srv.Drain(expired); err == nil {
+		t.Fatal("Drain did not wait for the recovered operation")
+	}
+	other := makeArchive(t, sourceV1)
+	if r := apply(t, second.client, flakeHeader("op-other", agentv1.Action_ACTION_SWITCH, other), other, nil); status.Code(r.streamed) != codes.Unavailable {
+		t.Fatalf("a new operation while draining: %v, want UNAVAILABLE", r.streamed)
+	}
 
 	confirmed := make(chan error, 1)
 	r := reattach(t, second.client, h, before, confirmOnWindow(t, second.client, "op-v2", confirmed))
