@@ -41,7 +41,7 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("nio-agent", flag.ContinueOnError)
 	fs.StringVar(&o.listen, "listen", ":9443", "address to listen on")
 	fs.StringVar(&o.tlsDir, "tls-dir", "/var/lib/nio-agent/tls", "directory with ca.crt (the operator CA), tls.crt and tls.key; renewed files are written back here")
-	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/nio-agent", "source archive cache, per-operation work dirs, last operation record")
+	fs.StringVar(&o.stateDir, "state-dir", "/var/lib/nio-agent", "source archive cache, per-operation work dirs, operation journal, last operation record")
 	fs.StringVar(&o.profile, "profile", "/nix/var/nix/profiles/system", "system profile")
 	fs.StringVar(&o.currentLink, "current-system-link", "/run/current-system", "link to the running system")
 	fs.StringVar(&o.bootedLink, "booted-system-link", "/run/booted-system", "link to the booted system")
@@ -111,10 +111,6 @@ func run(o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	runDir := filepath.Join(o.stateDir, "run")
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return fmt.Errorf("state dir: %w", err)
-	}
 	// nix-env creates the profile link but not its directory; a scratch profile in
 	// tests (or a fresh host) must not fail the first switch.
 	if err := os.MkdirAll(filepath.Dir(o.profile), 0o755); err != nil {
@@ -131,8 +127,9 @@ func run(o *options, log *slog.Logger) error {
 		CurrentSystemLink: o.currentLink,
 		BootedSystemLink:  o.bootedLink,
 		SystemdRun:        o.systemdRun,
-		RunDir:            runDir,
 	})
+	// New recovers an operation the journal shows unfinished (the agent was killed
+	// during it) before anything is served, so the operator's re-attach finds it.
 	srv, err := server.New(server.Config{
 		Executor:       exe,
 		Certs:          store,

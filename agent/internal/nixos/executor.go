@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Stream is where a line of output came from.
@@ -48,8 +49,15 @@ type Executor interface {
 	SetProfile(ctx context.Context, storePath string, log LineFunc) error
 	// SwitchGeneration points the system profile back at generation gen.
 	SwitchGeneration(ctx context.Context, gen int64, log LineFunc) error
-	// Activate runs <storePath>/bin/switch-to-configuration <action>.
-	Activate(ctx context.Context, storePath, action string, log LineFunc) error
+	// Activate runs <storePath>/bin/switch-to-configuration <action> as activation a,
+	// whose exit status is recorded on disk (see Activation) so an agent that died
+	// meanwhile can learn it from WaitActivation.
+	Activate(ctx context.Context, storePath, action string, a Activation, log LineFunc) error
+	// WaitActivation waits for activation a, started by this or an earlier agent
+	// process, to end, streaming the output it still writes, and returns its error:
+	// nil for exit status 0. An activation that ended without recording a status (it
+	// never started, or was killed) is an error too.
+	WaitActivation(ctx context.Context, a Activation, log LineFunc) error
 	// Generation is the system profile's current generation, 0 when there is none.
 	Generation() (int64, error)
 	// CurrentSystem is the store path of the running system, "" when unknown.
@@ -70,8 +78,37 @@ type Config struct {
 	BootedSystemLink  string
 	// SystemdRun activates through systemd-run (see Host.Activate).
 	SystemdRun bool
-	// RunDir holds activation logs when SystemdRun is set.
-	RunDir string
+	// PollInterval is how often WaitActivation checks an activation started by an
+	// earlier agent process (default 1s).
+	PollInterval time.Duration
+}
+
+// Activation names one run of switch-to-configuration so that it can be found again
+// after the agent restarted: the transient unit's name, and the files the run leaves
+// in Dir (the operation's work directory):
+//
+//	<Dir>/<Unit>.log     its output
+//	<Dir>/<Unit>.pid     the wrapper shell's pid (liveness without systemd)
+//	<Dir>/<Unit>.status  its exit status, written when it ends — e.g. "0"
+type Activation struct {
+	Unit string
+	Dir  string
+}
+
+func (a Activation) logPath() string    { return filepath.Join(a.Dir, a.Unit+".log") }
+func (a Activation) pidPath() string    { return filepath.Join(a.Dir, a.Unit+".pid") }
+func (a Activation) statusPath() string { return filepath.Join(a.Dir, a.Unit+".status") }
+
+// StatusPath is where the activation's exit status appears when it ends.
+func (a Activation) StatusPath() string { return a.statusPath() }
+
+var unitNameRE = regexp.MustCompile(`^[A-Za-z0-9:_.-]{1,200}$`)
+
+func (a Activation) check() error {
+	if !unitNameRE.MatchString(a.Unit) || a.Dir == "" {
+		return fmt.Errorf("activation %q in %q: want a unit name of letters, digits and \":_.-\" and a directory", a.Unit, a.Dir)
+	}
+	return nil
 }
 
 // Host is the Executor that runs real Nix on this machine.

@@ -18,6 +18,7 @@ import (
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -45,15 +46,23 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 	}
 
 	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
-	sent := make(chan error, 1)
-	go func() { sent <- op.follow(ctx, 0, stream.Send) }()
-
 	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
 	archivePath, known := s.cache.Path(h.GetSourceDigest())
 	if known {
 		op.agentLine("source " + h.GetSourceDigest() + " already held")
 	} else {
 		op.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_NeedSource{NeedSource: &agentv1.NeedSource{SourceDigest: h.GetSourceDigest()}}})
+	}
+	// Only this goroutine ever sends on the stream: gRPC forbids a Send after the
+	// handler returned, and a second sending goroutine could still be in one on any
+	// early return. Nothing else emits before execute starts, so sending what there
+	// is now, then reading the chunks, then following, loses nothing.
+	sent, err := op.sendEmitted(stream.Send)
+	if err != nil {
+		s.forget(op) // nothing ran; a retry with the same id starts over
+		return err
+	}
+	if !known {
 		archivePath, err = s.receive(stream, h)
 		var streamErr *streamError
 		if errors.As(err, &streamErr) {
@@ -65,11 +74,11 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 		}
 		if err != nil {
 			s.fail(op, err.Error())
-			return <-sent
+			return op.follow(ctx, sent, stream.Send)
 		}
 	}
 	go s.execute(op, archivePath)
-	return <-sent
+	return op.follow(ctx, sent, stream.Send)
 }
 
 // begin registers a new operation, or finds the one to attach to.
@@ -194,8 +203,12 @@ func relPath(p string, allowRoot bool) (string, error) {
 // opDir is the operation's private work directory; the id is hashed so any id is a
 // safe file name.
 func (s *Server) opDir(id string) string {
+	return filepath.Join(s.cfg.StateDir, "ops", opHash(id))
+}
+
+func opHash(id string) string {
 	sum := sha256.Sum256([]byte(id))
-	return filepath.Join(s.cfg.StateDir, "ops", hex.EncodeToString(sum[:8]))
+	return hex.EncodeToString(sum[:8])
 }
 
 // keptSources is how many source archives the cache keeps; older ones are sent again
@@ -225,23 +238,51 @@ func (s *Server) fail(op *operation, msg string) {
 	s.log.Warn("operation failed", "operation", op.id, "reason", msg)
 	current, _ := s.cfg.Executor.CurrentSystem()
 	gen, _ := s.cfg.Executor.Generation()
-	op.finish(&agentv1.ApplyResult{Outcome: agentv1.Outcome_OUTCOME_FAILED, Message: msg, Generation: gen, CurrentSystem: current}, s.writeRecord)
+	s.finishOp(op, &agentv1.ApplyResult{Outcome: agentv1.Outcome_OUTCOME_FAILED, Message: msg, Generation: gen, CurrentSystem: current})
+}
+
+// step records that the operation is about to take step name (journal.go) and
+// marks the point where tests kill the agent.
+func (s *Server) step(op *operation, name string) error {
+	op.jr.Step = name
+	if err := s.writeJournal(op.jr); err != nil {
+		return err
+	}
+	s.crashPoint(name)
+	return nil
+}
+
+// crashPoint is where a test's agent "dies" (Config.crashAt blocks forever).
+func (s *Server) crashPoint(name string) {
+	if s.cfg.crashAt != nil {
+		s.cfg.crashAt(name)
+	}
+}
+
+// newActivation names a fresh activation of op: a transient unit name that is unique
+// per run, its files in the operation's work dir.
+func (s *Server) newActivation(op *operation) nixos.Activation {
+	return s.activation(op, fmt.Sprintf("nio-activate-%s-%d", opHash(op.id), time.Now().UnixNano()))
+}
+
+func (s *Server) activation(op *operation, unit string) nixos.Activation {
+	return nixos.Activation{Unit: unit, Dir: s.opDir(op.id)}
 }
 
 // execute runs the operation's steps. It does not depend on any Apply stream: a
-// dropped connection neither stops a build nor skips a rollback.
+// dropped connection neither stops a build nor skips a rollback. Each step that
+// changes the host is journaled first (journal.go), so an agent killed anywhere
+// finishes the operation consistently after its restart (recover.go).
 func (s *Server) execute(op *operation, archivePath string) {
 	ctx := context.Background()
 	h := op.header
-	defer func() {
-		// A bug must not leave the agent busy forever with an operation that
-		// never ends.
-		if r := recover(); r != nil {
-			s.log.Error("operation panicked", "operation", op.id, "panic", fmt.Sprint(r))
-			s.fail(op, fmt.Sprintf("internal error: %v", r))
-		}
-	}()
+	defer s.recoverPanic(op)
 	s.writeRecord(op.snapshot())
+	op.jr = newJournal(h, op.snapshot().GetStartedTime().AsTime())
+	if err := s.step(op, stepBuilding); err != nil {
+		s.fail(op, err.Error())
+		return
+	}
 	s.pruneWorkDirs(op)
 	if err := s.cache.Prune(keptSources, archivePath); err != nil {
 		s.log.Warn("prune source cache", "err", err)
@@ -290,47 +331,103 @@ func (s *Server) execute(op *operation, archivePath string) {
 		return
 	}
 	op.agentLine("built " + out)
+	op.jr.PreviousGeneration, op.jr.PreviousSystem, op.jr.StorePath = prevGen, prevSystem, out
 
+	// The commit point: from here on the journal must be on disk before the host
+	// changes, or the step does not run.
 	action := h.GetAction()
 	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_BOOT {
 		op.phase(agentv1.Phase_PHASE_SETTING_PROFILE, out)
+		if err := s.step(op, stepSettingProfile); err != nil {
+			s.fail(op, err.Error())
+			return
+		}
 		if err := x.SetProfile(ctx, out, op.logLine); err != nil {
 			s.fail(op, fmt.Sprintf("set system profile: %v", err))
 			return
 		}
+		s.crashPoint("profile-set")
 	}
 	if action != agentv1.Action_ACTION_BUILD {
+		act := s.newActivation(op)
+		op.jr.Unit = act.Unit
 		op.phase(agentv1.Phase_PHASE_ACTIVATING, actionWord(action))
-		if err := x.Activate(ctx, out, actionWord(action), op.logLine); err != nil {
-			s.rollBack(ctx, op, prevGen, prevSystem)
-			s.finishWith(op, agentv1.Outcome_OUTCOME_FAILED, fmt.Sprintf("activation failed: %v", err), out, action != agentv1.Action_ACTION_DRY_ACTIVATE)
+		if err := s.step(op, stepActivating); err != nil {
+			s.undoProfile(ctx, op)
+			s.finishWith(op, agentv1.Outcome_OUTCOME_FAILED, err.Error()+"; nothing was activated", false)
 			return
 		}
+		if err := x.Activate(ctx, out, actionWord(action), act, op.logLine); err != nil {
+			s.rollBackAndFinish(ctx, op, agentv1.Outcome_OUTCOME_FAILED, fmt.Sprintf("activation failed: %v", err), action != agentv1.Action_ACTION_DRY_ACTIVATE)
+			return
+		}
+		s.crashPoint("activated")
 	}
+	s.settle(ctx, op)
+}
 
-	if timeout := h.GetConfirmTimeout().AsDuration(); timeout > 0 &&
-		(action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_TEST) {
+func (s *Server) recoverPanic(op *operation) {
+	// A bug must not leave the agent busy forever with an operation that never ends.
+	if r := recover(); r != nil {
+		s.log.Error("operation panicked", "operation", op.id, "panic", fmt.Sprint(r))
+		s.fail(op, fmt.Sprintf("internal error: %v", r))
+	}
+}
+
+// confirmTimeout is how long the operation waits for Confirm after activating; 0
+// when it does not.
+func confirmTimeout(h *agentv1.ApplyHeader) time.Duration {
+	if a := h.GetAction(); a != agentv1.Action_ACTION_SWITCH && a != agentv1.Action_ACTION_TEST {
+		return 0
+	}
+	return max(h.GetConfirmTimeout().AsDuration(), 0)
+}
+
+// settle ends an operation whose activation (if any) succeeded: at once, or after
+// the confirm window — a rollback when no Confirm came.
+func (s *Server) settle(ctx context.Context, op *operation) {
+	if timeout := confirmTimeout(op.header); timeout > 0 {
 		deadline := time.Now().Add(timeout)
+		d := deadline.UTC()
+		op.jr.ConfirmDeadline = &d
+		if err := s.step(op, stepAwaitingConfirm); err != nil {
+			// Recovery from "activating" ends the same way: a successful activation
+			// opens a confirm window. So this is not worth a rollback.
+			s.log.Warn("cannot journal the confirm window", "operation", op.id, "err", err)
+		}
 		op.openConfirmWindow()
 		op.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Phase{Phase: &agentv1.PhaseEvent{
 			Phase: agentv1.Phase_PHASE_AWAITING_CONFIRM, Detail: "waiting " + timeout.String() + " for Confirm", Deadline: timestamppb.New(deadline),
 		}}})
+		s.log.Info("awaiting confirm", "operation", op.id, "deadline", deadline.UTC().Format(time.RFC3339), "incarnation", op.jr.Incarnation)
+		s.crashPoint("confirm-window")
 		if !op.waitConfirm(deadline) {
-			s.rollBack(ctx, op, prevGen, prevSystem)
-			s.finishWith(op, agentv1.Outcome_OUTCOME_ROLLED_BACK, "no Confirm within "+timeout.String()+"; the previous system was re-activated", out, true)
+			s.rollBackAndFinish(ctx, op, agentv1.Outcome_OUTCOME_ROLLED_BACK, "no Confirm within "+timeout.String()+"; the previous system was re-activated", true)
 			return
 		}
 		op.agentLine("confirmed")
 	}
-	s.finishWith(op, agentv1.Outcome_OUTCOME_SUCCEEDED, "", out, false)
+	s.finishWith(op, agentv1.Outcome_OUTCOME_SUCCEEDED, "", false)
+}
+
+// rollBackAndFinish journals why it rolls back and how the operation ends, so a
+// restarted agent can finish the same way, then rolls back and finishes.
+func (s *Server) rollBackAndFinish(ctx context.Context, op *operation, outcome agentv1.Outcome, msg string, rolledBack bool) {
+	op.jr.Rollback = &rollback{Outcome: outcome.String(), Message: msg, RolledBack: rolledBack}
+	if err := s.step(op, stepRollingBack); err != nil {
+		s.log.Warn("cannot journal the rollback", "operation", op.id, "err", err)
+	}
+	s.rollBack(ctx, op)
+	s.finishWith(op, outcome, msg, rolledBack)
 }
 
 // rollBack returns to the system that ran before the operation: for switch and boot
 // the profile goes back to the previous generation; for switch and test the previous
 // system is activated again. Failures are logged into the operation, and the result
 // reports the system actually active afterwards.
-func (s *Server) rollBack(ctx context.Context, op *operation, prevGen int64, prevSystem string) {
+func (s *Server) rollBack(ctx context.Context, op *operation) {
 	x := s.cfg.Executor
+	prevGen, prevSystem := op.jr.PreviousGeneration, op.jr.PreviousSystem
 	action := op.header.GetAction()
 	if action == agentv1.Action_ACTION_DRY_ACTIVATE {
 		return // changed nothing
@@ -351,13 +448,44 @@ func (s *Server) rollBack(ctx context.Context, op *operation, prevGen int64, pre
 			op.agentLine("no previously running system known; nothing to re-activate")
 			return
 		}
-		if err := x.Activate(ctx, prevSystem, actionWord(action), op.logLine); err != nil {
+		act := s.newActivation(op)
+		op.jr.Unit = act.Unit
+		if err := s.step(op, stepRollingBack); err != nil {
+			s.log.Warn("cannot journal the rollback's activation", "operation", op.id, "err", err)
+		}
+		if err := x.Activate(ctx, prevSystem, actionWord(action), act, op.logLine); err != nil {
 			op.agentLine("re-activating the previous system failed: " + err.Error())
 		}
 	}
 }
 
-func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg, out string, rolledBack bool) {
+// undoProfile returns the system profile to the generation before the operation,
+// when the operation moved it but activated nothing.
+func (s *Server) undoProfile(ctx context.Context, op *operation) {
+	if a := op.header.GetAction(); a != agentv1.Action_ACTION_SWITCH && a != agentv1.Action_ACTION_BOOT {
+		return
+	}
+	x := s.cfg.Executor
+	prev := op.jr.PreviousGeneration
+	gen, err := x.Generation()
+	if err != nil {
+		op.agentLine("read generation: " + err.Error())
+		return
+	}
+	if gen == prev {
+		return
+	}
+	op.phase(agentv1.Phase_PHASE_ROLLING_BACK, fmt.Sprintf("system profile back to generation %d", prev))
+	if prev <= 0 {
+		op.agentLine("no previous generation of the system profile to return to")
+		return
+	}
+	if err := x.SwitchGeneration(ctx, prev, op.logLine); err != nil {
+		op.agentLine("rollback of the system profile failed: " + err.Error())
+	}
+}
+
+func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg string, rolledBack bool) {
 	x := s.cfg.Executor
 	gen, err := x.Generation()
 	if err != nil {
@@ -367,11 +495,28 @@ func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg, out str
 	if err != nil {
 		op.agentLine("read current system: " + err.Error())
 	}
-	op.finish(&agentv1.ApplyResult{
-		Outcome: outcome, Message: msg, Generation: gen, StorePath: out,
+	s.finishOp(op, &agentv1.ApplyResult{
+		Outcome: outcome, Message: msg, Generation: gen, StorePath: op.jr.StorePath,
 		RolledBack: rolledBack, CurrentSystem: current,
-	}, s.writeRecord)
-	s.log.Info("operation done", "operation", op.id, "outcome", outcome.String(), "generation", gen, "store_path", out)
+	})
+	s.log.Info("operation done", "operation", op.id, "outcome", outcome.String(), "generation", gen, "store_path", op.jr.StorePath, "current_system", current)
+}
+
+// finishOp journals the result, then records and emits it.
+func (s *Server) finishOp(op *operation, r *agentv1.ApplyResult) {
+	j := op.jr
+	if j == nil { // failed before its first step (receiving the source)
+		j = newJournal(op.header, op.snapshot().GetStartedTime().AsTime())
+		op.jr = j
+	}
+	j.Step = stepFinished
+	j.Result, _ = protojson.Marshal(r)
+	now := time.Now().UTC()
+	j.FinishedTime = &now
+	if err := s.writeJournal(j); err != nil {
+		s.log.Warn("cannot record the end of the operation in the journal", "operation", op.id, "err", err)
+	}
+	op.finish(r, s.writeRecord)
 }
 
 // actionWord is the switch-to-configuration argument for an action.

@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -200,5 +202,72 @@ func TestUnconfirmedSwitchRollsBackEvenAfterTheStreamCloses(t *testing.T) {
 	resp, _ := c.Confirm(context.Background(), &agentv1.ConfirmRequest{OperationId: "op-2"})
 	if resp.GetOutcome() != agentv1.Outcome_OUTCOME_ROLLED_BACK {
 		t.Errorf("a late Confirm reports %v, want ROLLED_BACK", resp.GetOutcome())
+	}
+}
+
+// brokenTransferStream is an Apply stream whose client goes away right after the
+// agent asked for the source, while the agent's Send of NEED_SOURCE is slow (a full
+// flow-control window). It records any Send still running after Apply returned.
+type brokenTransferStream struct {
+	grpc.ServerStream
+	ctx      context.Context
+	header   *agentv1.ApplyHeader
+	recvs    int
+	sending  chan struct{} // closed when the Send of NEED_SOURCE began
+	release  chan struct{} // lets that Send finish
+	sent     chan struct{} // closed when it finished
+	returned atomic.Bool
+	late     atomic.Int32 // Sends that ended after Apply returned
+}
+
+func (s *brokenTransferStream) Context() context.Context { return s.ctx }
+
+func (s *brokenTransferStream) Send(ev *agentv1.ApplyResponse) error {
+	if ev.GetNeedSource() != nil {
+		close(s.sending)
+		// A slow Send: until released, or for a bounded time when nobody will
+		// release it (the handler itself is the one waiting).
+		select {
+		case <-s.release:
+		case <-time.After(500 * time.Millisecond):
+		}
+		defer close(s.sent)
+	}
+	if s.returned.Load() {
+		s.late.Add(1)
+	}
+	return nil
+}
+
+func (s *brokenTransferStream) Recv() (*agentv1.ApplyRequest, error) {
+	s.recvs++
+	if s.recvs == 1 {
+		return &agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Header{Header: s.header}}, nil
+	}
+	<-s.sending // the client vanishes while NEED_SOURCE is on its way
+	return nil, status.Error(codes.Canceled, "client went away")
+}
+
+func TestApplyNeverSendsAfterReturningFromABrokenTransfer(t *testing.T) {
+	s := newTestServer(t, newFakeExecutor(), t.TempDir())
+	arch := makeArchive(t, sourceV1)
+	st := &brokenTransferStream{
+		ctx: context.Background(), header: flakeHeader("op-cut", agentv1.Action_ACTION_SWITCH, arch),
+		sending: make(chan struct{}), release: make(chan struct{}), sent: make(chan struct{}),
+	}
+	err := s.Apply(st)
+	st.returned.Store(true)
+	close(st.release)
+	<-st.sent
+	if status.Code(err) != codes.Canceled {
+		t.Errorf("Apply = %v, want the stream's error", err)
+	}
+	if n := st.late.Load(); n != 0 {
+		t.Fatalf("%d Send(s) still running after Apply returned (gRPC forbids it)", n)
+	}
+	// The interrupted transfer is forgotten: the same id starts afresh.
+	c := startBufconn(t, s)
+	if r := apply(t, c, flakeHeader("op-cut", agentv1.Action_ACTION_BUILD, arch), arch, nil); !r.needed || r.result.GetOutcome() != agentv1.Outcome_OUTCOME_SUCCEEDED {
+		t.Fatalf("retry: needed=%v %v %v", r.needed, r.streamed, r.result)
 	}
 }

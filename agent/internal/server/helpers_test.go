@@ -39,12 +39,27 @@ type fakeExecutor struct {
 	building  chan struct{} // closed when the first Build starts, if set
 	buildOnce sync.Once
 	failBuild bool
+	// units are the activations, by unit name, like systemd's transient units:
+	// they outlive the agent that started them.
+	units map[string]*fakeUnit
+	// detach makes Activate start its unit and never return — the agent died
+	// while waiting for it; endUnit ends it. activating receives the unit names.
+	detach     bool
+	activating chan string
 	// currentReads counts CurrentSystem calls: Status makes one, so it shows
 	// whether a handler ran.
 	currentReads atomic.Int64
 }
 
-func newFakeExecutor() *fakeExecutor { return &fakeExecutor{profile: map[int64]string{}} }
+func newFakeExecutor() *fakeExecutor {
+	return &fakeExecutor{profile: map[int64]string{}, units: map[string]*fakeUnit{}}
+}
+
+type fakeUnit struct {
+	path, action string
+	done         chan struct{}
+	err          error
+}
 
 func (f *fakeExecutor) record(c string) {
 	f.mu.Lock()
@@ -90,14 +105,59 @@ func (f *fakeExecutor) SwitchGeneration(ctx context.Context, gen int64, log nixo
 	return nil
 }
 
-func (f *fakeExecutor) Activate(ctx context.Context, p, action string, log nixos.LineFunc) error {
+func (f *fakeExecutor) Activate(ctx context.Context, p, action string, a nixos.Activation, log nixos.LineFunc) error {
 	f.record("activate " + action + " " + p)
+	u := &fakeUnit{path: p, action: action, done: make(chan struct{})}
+	f.mu.Lock()
+	f.units[a.Unit] = u
+	detach, activating := f.detach, f.activating
+	f.mu.Unlock()
+	if activating != nil {
+		activating <- a.Unit
+	}
+	if detach {
+		<-make(chan struct{}) // the agent is dead; the unit runs on
+	}
+	f.endUnit(a.Unit, true)
+	return u.err
+}
+
+// endUnit ends a running activation, which takes effect when it succeeds.
+func (f *fakeExecutor) endUnit(unit string, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if action == "switch" || action == "test" {
-		f.current = p
+	u := f.units[unit]
+	if ok && (u.action == "switch" || u.action == "test") {
+		f.current = u.path
 	}
-	return nil
+	if !ok {
+		u.err = errors.New("switch-to-configuration exited with status 1")
+	}
+	close(u.done)
+}
+
+func (f *fakeExecutor) setDetach(detach bool) {
+	f.mu.Lock()
+	f.detach = detach
+	f.mu.Unlock()
+}
+
+func (f *fakeExecutor) WaitActivation(ctx context.Context, a nixos.Activation, log nixos.LineFunc) error {
+	f.record("wait " + a.Unit)
+	f.mu.Lock()
+	u := f.units[a.Unit]
+	f.mu.Unlock()
+	if u == nil {
+		return fmt.Errorf("activation %s is not running and recorded no exit status", a.Unit)
+	}
+	select {
+	case <-u.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return u.err
 }
 
 func (f *fakeExecutor) Generation() (int64, error) {

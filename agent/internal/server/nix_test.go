@@ -31,7 +31,7 @@ func startNixHost(t *testing.T) *nixHost {
 	if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	x := nixos.NewHost(nixos.Config{Profile: profile, CurrentSystemLink: env.CurrentSystemLink(), RunDir: dir})
+	x := nixos.NewHost(nixos.Config{Profile: profile, CurrentSystemLink: env.CurrentSystemLink()})
 	return &nixHost{env: env, profile: profile, client: startBufconn(t, newTestServer(t, x, filepath.Join(dir, "state")))}
 }
 
@@ -202,4 +202,71 @@ func equalPhases(a, b []agentv1.Phase) bool {
 		}
 	}
 	return true
+}
+
+// nixHostOnDisk is real Nix with a scratch profile whose agent can be killed and
+// started again over the same state dir.
+func nixHostOnDisk(t *testing.T) (*nixtest.Env, nixos.Executor, string, string) {
+	t.Helper()
+	env := nixtest.New(t)
+	env.Setenv(t)
+	dir := t.TempDir()
+	profile := filepath.Join(dir, "profiles", "system")
+	if err := os.MkdirAll(filepath.Dir(profile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	x := nixos.NewHost(nixos.Config{Profile: profile, CurrentSystemLink: env.CurrentSystemLink(), PollInterval: 50 * time.Millisecond})
+	return env, x, profile, filepath.Join(dir, "state")
+}
+
+func fixtureArchive(t *testing.T, version string) []byte {
+	return archiveDir(t, nixtest.CopyFlake(t, "basic", map[string]string{nixtest.VarVersion: version}))
+}
+
+func TestRealNixAgentKilledInTheConfirmWindowRollsBackAfterItsRestart(t *testing.T) {
+	env, x, profile, state := nixHostOnDisk(t)
+	first := startAgentProcess(t, x, state, "")
+	v1arch := fixtureArchive(t, "v1")
+	v1 := wantOutcome(t, apply(t, first.client, flakeHeader("op-v1", agentv1.Action_ACTION_SWITCH, v1arch), v1arch, nil), agentv1.Outcome_OUTCOME_SUCCEEDED)
+	first.kill()
+
+	v2arch := fixtureArchive(t, "v2")
+	second, h, before := killedInConfirmWindowOf(t, x, state, withConfirm(flakeHeader("op-v2", agentv1.Action_ACTION_SWITCH, v2arch), time.Second), v2arch)
+	if cur, _ := os.Readlink(env.CurrentSystemLink()); cur == v1.GetStorePath() {
+		t.Fatal("the new system was not running when the agent died")
+	}
+	r := reattach(t, second.client, h, before, nil)
+	res := wantOutcome(t, r, agentv1.Outcome_OUTCOME_ROLLED_BACK)
+	checkSequences(t, r.events, 1<<32)
+	if cur, _ := os.Readlink(env.CurrentSystemLink()); res.GetGeneration() != 1 || cur != v1.GetStorePath() || res.GetCurrentSystem() != v1.GetStorePath() {
+		t.Fatalf("after the recovered rollback: %v, current-system %s, want generation 1 running %s", res, cur, v1.GetStorePath())
+	}
+	if link, _ := os.Readlink(profile); !strings.HasSuffix(link, "system-1-link") {
+		t.Errorf("profile points at %s, want generation 1", link)
+	}
+	want := []string{"switch " + v1.GetStorePath(), "switch " + res.GetStorePath(), "switch " + v1.GetStorePath()}
+	if acts := env.Activations(t); strings.Join(acts, "|") != strings.Join(want, "|") {
+		t.Errorf("activations %q, want %q", acts, want)
+	}
+	if j := readTestJournal(t, state); j.Step != stepFinished {
+		t.Errorf("journal step %q", j.Step)
+	}
+}
+
+func TestRealNixAgentKilledInTheConfirmWindowKeepsTheSystemConfirmedAfterItsRestart(t *testing.T) {
+	env, x, _, state := nixHostOnDisk(t)
+	v2arch := fixtureArchive(t, "v2")
+	second, h, before := killedInConfirmWindowOf(t, x, state, withConfirm(flakeHeader("op-v2", agentv1.Action_ACTION_SWITCH, v2arch), time.Minute), v2arch)
+	confirmed := make(chan error, 1)
+	r := reattach(t, second.client, h, before, confirmOnWindow(t, second.client, "op-v2", confirmed))
+	if err := <-confirmed; err != nil {
+		t.Fatal(err)
+	}
+	res := wantOutcome(t, r, agentv1.Outcome_OUTCOME_SUCCEEDED)
+	if cur, _ := os.Readlink(env.CurrentSystemLink()); res.GetGeneration() != 1 || cur != res.GetStorePath() {
+		t.Fatalf("after Confirm: %v, current-system %s", res, cur)
+	}
+	if acts := env.Activations(t); len(acts) != 1 {
+		t.Errorf("activations %q, want the one switch", acts)
+	}
 }

@@ -16,9 +16,15 @@ import (
 type operation struct {
 	id     string
 	header *agentv1.ApplyHeader
+	// base is added to every sequence: 0, or incarnation<<32 for an operation this
+	// agent recovered from its journal after a restart (see replayFrom).
+	base uint64
+	// jr is the operation's journal, from its first step on; only the goroutine
+	// that drives the operation (execute or resume) touches it.
+	jr *journal
 
 	mu      sync.Mutex
-	events  []*agentv1.ApplyResponse // events[i].Sequence == i+1
+	events  []*agentv1.ApplyResponse // events[i].Sequence == base+i+1
 	changed chan struct{}            // closed and replaced on every event
 	summary *agentv1.OperationSummary
 	result  *agentv1.ApplyResult
@@ -52,7 +58,7 @@ func (o *operation) emit(ev *agentv1.ApplyResponse) {
 	if o.result != nil {
 		return // the result is always the last event
 	}
-	ev.Sequence = uint64(len(o.events) + 1)
+	ev.Sequence = o.base + uint64(len(o.events)+1)
 	ev.Time = timestamppb.Now()
 	ev.OperationId = o.id
 	o.events = append(o.events, ev)
@@ -65,7 +71,9 @@ func (o *operation) emit(ev *agentv1.ApplyResponse) {
 		o.summary.Message = e.Result.GetMessage()
 		o.summary.Generation = e.Result.GetGeneration()
 		o.summary.StorePath = e.Result.GetStorePath()
-		o.summary.FinishedTime = ev.Time
+		if o.summary.FinishedTime == nil { // set ahead for a result read from the journal
+			o.summary.FinishedTime = ev.Time
+		}
 		o.awaiting = false
 		close(o.doneCh)
 	}
@@ -106,7 +114,9 @@ func (o *operation) finish(r *agentv1.ApplyResult, persist func(*agentv1.Operati
 	sum.Phase = agentv1.Phase_PHASE_DONE
 	sum.Outcome, sum.Message = r.GetOutcome(), r.GetMessage()
 	sum.Generation, sum.StorePath = r.GetGeneration(), r.GetStorePath()
-	sum.FinishedTime = timestamppb.Now()
+	if sum.FinishedTime == nil {
+		sum.FinishedTime = timestamppb.Now()
+	}
 	persist(sum)
 	o.phase(agentv1.Phase_PHASE_DONE, r.GetOutcome().String())
 	o.emit(&agentv1.ApplyResponse{Event: &agentv1.ApplyResponse_Result{Result: r}})
@@ -129,14 +139,30 @@ func (o *operation) snapshot() *agentv1.OperationSummary {
 	return proto.Clone(o.summary).(*agentv1.OperationSummary)
 }
 
-// follow sends the events after sequence `after`, then each new one, until the result
-// has been sent or ctx ends. The operation does not depend on anyone following it.
+// sendEmitted sends the events emitted so far and returns the last sequence sent.
+func (o *operation) sendEmitted(send func(*agentv1.ApplyResponse) error) (uint64, error) {
+	o.mu.Lock()
+	batch := append([]*agentv1.ApplyResponse(nil), o.events...)
+	o.mu.Unlock()
+	var last uint64
+	for _, ev := range batch {
+		if err := send(ev); err != nil {
+			return last, err
+		}
+		last = ev.Sequence
+	}
+	return last, nil
+}
+
+// follow sends the events after sequence `after` (see replayFrom), then each new
+// one, until the result has been sent or ctx ends. The operation does not depend on
+// anyone following it.
 func (o *operation) follow(ctx context.Context, after uint64, send func(*agentv1.ApplyResponse) error) error {
-	next := after
+	next := o.replayFrom(after)
 	for {
 		o.mu.Lock()
 		var batch []*agentv1.ApplyResponse
-		if next < uint64(len(o.events)) {
+		if next < len(o.events) {
 			batch = o.events[next:]
 		}
 		finished := o.result != nil
@@ -146,7 +172,7 @@ func (o *operation) follow(ctx context.Context, after uint64, send func(*agentv1
 			if err := send(ev); err != nil {
 				return err
 			}
-			next = ev.Sequence
+			next++
 		}
 		if finished && len(batch) == 0 {
 			return nil
@@ -160,6 +186,22 @@ func (o *operation) follow(ctx context.Context, after uint64, send func(*agentv1
 		case <-changed:
 		}
 	}
+}
+
+// replayFrom is the index of the first event an attach with resume_after_sequence
+// `after` gets. Normally the events after `after`. But a client that followed an
+// earlier incarnation of a recovered operation knows only sequences below base, so
+// it gets the whole new incarnation; and a sequence beyond anything this incarnation
+// emitted can only come from one the agent no longer knows (its journal was lost), so
+// that client gets everything too — it then sees a sequence it has passed and
+// follows the operation from the start, as after a restarted transfer.
+func (o *operation) replayFrom(after uint64) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if after <= o.base || after-o.base > uint64(len(o.events)) {
+		return 0
+	}
+	return int(after - o.base)
 }
 
 // openConfirmWindow makes Confirm acceptable. It runs before the AWAITING_CONFIRM

@@ -47,6 +47,11 @@ type Config struct {
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
+
+	// crashAt, in tests, is called at each step of an operation (the journal's
+	// step names, and "profile-set", "activated", "confirm-window"); blocking in it
+	// forever stands for the agent being killed there.
+	crashAt func(point string)
 }
 
 // Server is the AgentService.
@@ -65,7 +70,10 @@ type Server struct {
 	draining bool
 }
 
-// New prepares the state directory and loads the last operation record.
+// New prepares the state directory, loads the last operation record and recovers
+// the operation the journal shows unfinished (recover.go): that operation is
+// registered — attachable, Status busy — before New returns, and finishes in the
+// background. So New must run before the server serves, as main does.
 func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -89,6 +97,7 @@ func New(cfg Config) (*Server, error) {
 			s.last = last
 		}
 	}
+	s.recoverJournal()
 	return s, nil
 }
 
@@ -251,10 +260,7 @@ func (s *Server) RenewCertificate(stream agentv1.AgentService_RenewCertificateSe
 func (s *Server) writeRecord(sum *agentv1.OperationSummary) {
 	data, err := protojson.Marshal(sum)
 	if err == nil {
-		tmp := s.recordPath() + ".tmp"
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, s.recordPath())
-		}
+		err = writeFileSync(s.recordPath(), data)
 	}
 	if err != nil {
 		s.log.Warn("cannot write last operation record", "err", err)

@@ -43,6 +43,7 @@ type Executor struct {
 	booted  string   // store path of the first activated system
 
 	builds, activations int
+	ended               map[string]error // activation unit → its result
 }
 
 var _ nixos.Executor = (*Executor)(nil)
@@ -101,7 +102,30 @@ func (e *Executor) SwitchGeneration(_ context.Context, gen int64, log nixos.Line
 
 // Activate waits ActivateTime and makes storePath the running system for switch and
 // test (boot and dry-activate leave it).
-func (e *Executor) Activate(ctx context.Context, storePath, action string, log nixos.LineFunc) error {
+func (e *Executor) Activate(ctx context.Context, storePath, action string, a nixos.Activation, log nixos.LineFunc) error {
+	err := e.activate(ctx, storePath, action, log)
+	e.mu.Lock()
+	if e.ended == nil {
+		e.ended = map[string]error{}
+	}
+	e.ended[a.Unit] = err
+	e.mu.Unlock()
+	return err
+}
+
+// WaitActivation reports how an activation of this process ended: simulated
+// activations do not outlive the simulator.
+func (e *Executor) WaitActivation(_ context.Context, a nixos.Activation, _ nixos.LineFunc) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	err, ok := e.ended[a.Unit]
+	if !ok {
+		return fmt.Errorf("simexec: no activation %q", a.Unit)
+	}
+	return err
+}
+
+func (e *Executor) activate(ctx context.Context, storePath, action string, log nixos.LineFunc) error {
 	if err := sleep(ctx, e.opts.ActivateTime); err != nil {
 		return fmt.Errorf("simulated activation: %w", err)
 	}

@@ -65,7 +65,7 @@ func TestProfileAndRunningSystemFollowSwitchAndRollback(t *testing.T) {
 		if err := x.SetProfile(ctx, p, discard); err != nil {
 			t.Fatal(err)
 		}
-		if err := x.Activate(ctx, p, "switch", discard); err != nil {
+		if err := x.Activate(ctx, p, "switch", nixos.Activation{Unit: "u"}, discard); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -82,7 +82,7 @@ func TestProfileAndRunningSystemFollowSwitchAndRollback(t *testing.T) {
 	if err := x.SwitchGeneration(ctx, 1, discard); err != nil {
 		t.Fatal(err)
 	}
-	if err := x.Activate(ctx, "/nix/store/a-sys", "switch", discard); err != nil {
+	if err := x.Activate(ctx, "/nix/store/a-sys", "switch", nixos.Activation{Unit: "u"}, discard); err != nil {
 		t.Fatal(err)
 	}
 	if gen, _ := x.Generation(); gen != 1 {
@@ -95,7 +95,7 @@ func TestProfileAndRunningSystemFollowSwitchAndRollback(t *testing.T) {
 		t.Fatal("switched to a generation that does not exist")
 	}
 	// boot changes the profile only.
-	if err := x.Activate(ctx, "/nix/store/c-sys", "boot", discard); err != nil {
+	if err := x.Activate(ctx, "/nix/store/c-sys", "boot", nixos.Activation{Unit: "u"}, discard); err != nil {
 		t.Fatal(err)
 	}
 	if cur, _ := x.CurrentSystem(); cur != "/nix/store/a-sys" {

@@ -34,7 +34,6 @@ type applyState struct {
 	req        ApplyRequest
 	lastSeq    uint64 // last event sequence seen
 	bytesSent  int64
-	confirmed  bool // OnAwaitingConfirm was called
 	confirming sync.WaitGroup
 	tail       *emitter
 	everActive bool // some attempt reached the agent's handler
@@ -46,6 +45,12 @@ type applyState struct {
 // operation is never started. Only a failure before the agent ever answered is
 // ErrUnreachable (the fallback may then use SSH); a failure after that is
 // ErrOutcomeUnknown.
+//
+// That includes the agent being killed: systemd restarts it (RestartSec=5s), it
+// recovers the operation from its journal under the same id before it listens, and
+// the re-attach finds it — well inside ReconnectTimeout (2m by default), since the
+// recovery itself waits for nothing before serving. A recovered operation opens a
+// new confirm window, which OnAwaitingConfirm is called for again.
 func (a *Agent) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
 	res := ApplyResult{Transport: nio.TransportAgent}
 	header, err := applyHeader(req)
@@ -69,6 +74,10 @@ func (a *Agent) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error
 			return res, fmt.Errorf("agent %s apply %s: %w", a.cfg.Address, req.OperationID, ctx.Err())
 		}
 		if !broken {
+			if st.everActive && errors.Is(err, ErrUnreachable) {
+				// The operation may be running: never let the fallback see it.
+				return res, fmt.Errorf("agent %s apply %s: %w (%v)", a.cfg.Address, req.OperationID, ErrOutcomeUnknown, err)
+			}
 			return res, err
 		}
 		if !st.everActive {
@@ -175,8 +184,9 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 		if first && seq <= st.lastSeq {
 			// An attach replays only later events, so an early sequence means the
 			// agent started the operation afresh (it had dropped an interrupted
-			// source transfer). Follow the new run from its start.
-			st.tail.emit(Event{Kind: EventLog, Line: "agent restarted the operation after an interrupted transfer"})
+			// source transfer, or lost its journal). Follow the new run from its
+			// start; a confirm window in it is a new one.
+			st.tail.emit(Event{Kind: EventLog, Line: "the agent restarted the operation; following it from the start"})
 			st.lastSeq = 0
 		}
 		first = false
@@ -196,11 +206,17 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 		case *agentv1.ApplyResponse_Phase:
 			p := phaseOf(ev.Phase.GetPhase())
 			st.tail.emit(Event{Kind: EventPhase, Sequence: seq, Time: when, Phase: p, Detail: ev.Phase.GetDetail()})
-			if p == PhaseAwaitingConfirm && !st.confirmed && st.req.OnAwaitingConfirm != nil {
+			if p == PhaseAwaitingConfirm && st.req.OnAwaitingConfirm != nil {
 				// In its own goroutine: the agent answers Confirm only when the
 				// operation has ended, and that end arrives on this stream, which
 				// must keep being read meanwhile.
-				st.confirmed = true
+				//
+				// Once per AWAITING_CONFIRM relayed. Each is relayed once (see the
+				// sequence checks above) and the agent opens one window per run of
+				// an operation; a second one is the fresh window of an operation
+				// it recovered after a restart, or re-ran from the start, and the
+				// earlier Confirm died with the old window. Its goroutine may still
+				// be failing; that only logs, and the WaitGroup waits for both.
 				st.confirming.Add(1)
 				go func() {
 					defer st.confirming.Done()

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -71,12 +72,19 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + "\n" + e.out }
 
-// agentHost is a running nio-agent with real Nix and real TLS on loopback.
+// agentHost is a running nio-agent with real Nix and real TLS on loopback. kill and
+// restart stand for SIGKILL and systemd's Restart=on-failure: same state dir, same
+// port.
 type agentHost struct {
 	addr string
 	ca   *certtest.CA
 	nix  *nixtest.Env
 	log  *syncBuffer
+	args []string // everything but --listen
+
+	mu   sync.Mutex
+	proc *os.Process
+	done chan struct{} // closed when the current process exited
 }
 
 var listenLine = regexp.MustCompile(`nio-agent listening.* addr=(\S+)`)
@@ -84,7 +92,6 @@ var listenLine = regexp.MustCompile(`nio-agent listening.* addr=(\S+)`)
 // startAgent runs nio-agent serving a certificate for Machine testNamespace/certName.
 func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 	t.Helper()
-	bin := buildAgent(t)
 	nix := nixtest.New(t)
 	dir := t.TempDir()
 	certPEM, keyPEM := ca.MachineServer(t, testNamespace, certName)
@@ -100,8 +107,7 @@ func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 	if err := os.WriteFile(facter, []byte("#!/bin/sh\nexec cat "+report+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin,
-		"--listen", "127.0.0.1:0",
+	h := &agentHost{ca: ca, nix: nix, log: &syncBuffer{}, args: []string{
 		"--tls-dir", tlsDir,
 		"--state-dir", filepath.Join(dir, "state"),
 		"--profile", filepath.Join(dir, "profiles", "system"),
@@ -110,18 +116,32 @@ func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 		"--systemd-run=false",
 		"--facter-path", facter,
 		"--log-level", "debug",
-	)
-	cmd.Env = nix.Environ()
-	// Its own process group: cleanup ends the agent and the nix builds it started.
+	}}
+	t.Cleanup(func() {
+		h.kill()
+		if t.Failed() {
+			t.Logf("nio-agent log:\n%s", h.log.String())
+		}
+	})
+	if err := h.launch(buildAgent(t), "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// launch starts the agent process and waits until it listens.
+func (h *agentHost) launch(bin, listen string) error {
+	cmd := exec.Command(bin, append([]string{"--listen", listen}, h.args...)...)
+	cmd.Env = h.nix.Environ()
+	// Its own process group: kill ends the agent and the nix builds it started.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	h := &agentHost{ca: ca, nix: nix, log: &syncBuffer{}}
 	addr := make(chan string, 1)
 	done := make(chan struct{})
 	go func() {
@@ -138,21 +158,41 @@ func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 		}
 		_ = cmd.Wait()
 	}()
-	t.Cleanup(func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		if t.Failed() {
-			t.Logf("nio-agent log:\n%s", h.log.String())
-		}
-	})
+	h.mu.Lock()
+	h.proc, h.done = cmd.Process, done
+	h.mu.Unlock()
 	select {
-	case h.addr = <-addr:
+	case a := <-addr:
+		h.mu.Lock()
+		h.addr = a
+		h.mu.Unlock()
+		return nil
 	case <-done:
-		t.Fatalf("nio-agent exited before listening:\n%s", h.log.String())
+		return fmt.Errorf("nio-agent exited before listening:\n%s", h.log.String())
 	case <-time.After(30 * time.Second):
-		t.Fatalf("nio-agent did not listen within 30s:\n%s", h.log.String())
+		return fmt.Errorf("nio-agent did not listen within 30s:\n%s", h.log.String())
 	}
-	return h
+}
+
+// kill SIGKILLs the agent's process group and waits for it to be gone.
+func (h *agentHost) kill() {
+	h.mu.Lock()
+	proc, done := h.proc, h.done
+	h.mu.Unlock()
+	if proc == nil {
+		return
+	}
+	_ = syscall.Kill(-proc.Pid, syscall.SIGKILL)
+	<-done
+}
+
+// restart starts the agent again after kill, on the same address and state.
+func (h *agentHost) restart(t *testing.T) error {
+	h.log.WriteString("--- restart ---\n")
+	h.mu.Lock()
+	addr := h.addr
+	h.mu.Unlock()
+	return h.launch(buildAgent(t), addr)
 }
 
 // dialCounter is an AgentConfig.Dialer that keeps every connection, so a test can

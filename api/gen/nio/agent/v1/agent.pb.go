@@ -492,7 +492,9 @@ type ApplyHeader struct {
 	// When set (switch and test only), the agent waits this long for Confirm after
 	// activation and rolls back without it.
 	ConfirmTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=confirm_timeout,json=confirmTimeout,proto3" json:"confirm_timeout,omitempty"`
-	// When attaching, replay only the events with a larger sequence number.
+	// When attaching, replay only the events with a larger sequence number. A value
+	// below the operation's current incarnation, or beyond its last event, replays
+	// the incarnation from its first event.
 	ResumeAfterSequence uint64 `protobuf:"varint,9,opt,name=resume_after_sequence,json=resumeAfterSequence,proto3" json:"resume_after_sequence,omitempty"`
 	unknownFields       protoimpl.UnknownFields
 	sizeCache           protoimpl.SizeCache
@@ -666,7 +668,9 @@ func (x *SourceChunk) GetData() []byte {
 // ApplyResponse is one event of an operation.
 type ApplyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Strictly increasing within an operation, starting at 1.
+	// Strictly increasing within an operation, starting at 1 and growing by 1. An
+	// operation the agent recovered after a restart continues from
+	// incarnation << 32 + 1, above every sequence of its earlier incarnations.
 	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// When the agent recorded the event.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
