@@ -132,13 +132,10 @@ in
       after = spec.unit.After;
       wants = spec.unit.Wants;
       wantedBy = spec.install.WantedBy;
-      unitConfig = removeAttrs spec.unit [ "Description" "After" "Wants" ] // {
-        # Before the operator has delivered the identity there is nothing to serve:
-        # the unit is skipped (`systemctl status` says which condition), not crashing
-        # every RestartSec. The operator's `systemctl restart nio-agent` after the
-        # delivery re-checks it.
-        ConditionPathExists = "${cfg.tlsDir}/tls.crt";
-      };
+      # No condition on the TLS identity: before the operator has delivered it, the
+      # agent runs and waits for it (and says so once), rather than being skipped or
+      # restarted every RestartSec.
+      unitConfig = removeAttrs spec.unit [ "Description" "After" "Wants" ];
 
       # switch-to-configuration restarts changed units and waits for them, while a
       # stopping agent waits for the activation it started: restarting the agent from

@@ -71,7 +71,10 @@ in
   });
   service = section svc.serviceConfig // {
     Environment = map (n: builtins.toJSON "${n}=${env.${n}}") (builtins.attrNames env);
-  };
+  } // (if svc.restartIfChanged then { } else {
+    # As nixpkgs' serviceToUnit writes it; switch-to-configuration reads it.
+    "X-RestartIfChanged" = [ "false" ];
+  });
   install = section { WantedBy = svc.wantedBy; };
   tmpfiles = out.systemd.tmpfiles.rules;
   failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) out.assertions);

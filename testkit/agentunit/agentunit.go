@@ -25,8 +25,8 @@
 // What NixOS adds beyond this unit, and this package does not: its default PATH
 // entries (coreutils, findutils, grep, sed, systemd and the sbin dirs — pass what
 // the host needs in Options.Path) and the unit's X-Restart-Triggers and similar
-// bookkeeping. restartIfChanged = false is a NixOS activation setting, not a unit
-// setting.
+// bookkeeping. restartIfChanged = false is written as NixOS writes it,
+// X-RestartIfChanged=false in [Service], which its switch-to-configuration reads.
 package agentunit
 
 import (
@@ -68,8 +68,8 @@ type Options struct {
 	Port int
 	// StateDir is --state-dir (default /var/lib/nio-agent).
 	StateDir string
-	// TLSDir is --tls-dir (default /var/lib/nio-agent/tls); the unit starts only
-	// once TLSDir/tls.crt exists.
+	// TLSDir is --tls-dir (default /var/lib/nio-agent/tls); until the identity is
+	// there the agent waits for it.
 	TLSDir string
 	// FacterPath is --facter-path (the module: lib.getExe facterPackage; default
 	// "nixos-facter", found on the agent's PATH).
@@ -302,7 +302,6 @@ func Render(o Options) (*File, error) {
 	}
 
 	f := &File{Name: Name, Unit: section(spec.Unit), Service: section(spec.Service), Install: section(spec.Install)}
-	f.Unit["ConditionPathExists"] = []string{o.TLSDir + "/tls.crt"}
 	f.Service["ExecStart"] = []string{execStart}
 	// What NixOS writes for restartIfChanged = false, and what its
 	// switch-to-configuration reads to leave the unit running.

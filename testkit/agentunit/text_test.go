@@ -53,7 +53,7 @@ func TestRenderWritesTheUnitNixOSWould(t *testing.T) {
 	}
 	for _, line := range []string{
 		"[Unit]\n", "\n\n[Service]\n", "\n\n[Install]\nWantedBy=multi-user.target\n",
-		"\nConditionPathExists=/var/lib/nio-agent/tls/tls.crt\n",
+		"\nX-RestartIfChanged=false\n",
 		"\n[Service]\nEnvironment=\"NIX_CONFIG=substituters =\"\nEnvironment=\"NIX_PATH=\"\n",
 		"\nEnvironment=\"PATH=/opt/nio/bin:/usr/bin\"\n",
 		`ExecStart="/opt/nio/bin/nio-agent" "--listen=[::1]:9443" "--tls-dir=/var/lib/nio-agent/tls" "--state-dir=/var/lib/nio-agent" "--facter-path=/opt/nio/bin/nixos-facter" "--log-level=info" "--log-format=json" "--max-source-bytes=100" "50%%" "$$HOME"` + "\n",

@@ -23,10 +23,24 @@ import (
 func TestFactsSeeTheHostFromOutsideTheSandbox(t *testing.T) {
 	setUp(t)
 	ctx := testContext(t, 3*time.Minute)
+	// The first report was taken over SSH, before the agent had its identity: ask
+	// for a new one, which the connected agent takes.
+	if err := waitMachine(ctx, "agent connected", time.Minute, func(m *nio.Machine) (bool, string) {
+		return m.Status.Agent != nil && m.Status.Agent.Connected, fmt.Sprintf("agent %+v", m.Status.Agent)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	asked := time.Now().Add(-time.Second) // the status has second precision
+	if _, err := stack.Control.Run(ctx, "annotate", "--overwrite", "machine", machineName, "-n", namespace,
+		"nio.homystack.com/rescan="+asked.Format(time.RFC3339Nano)); err != nil {
+		t.Fatal(err)
+	}
 	var m *nio.Machine
-	if err := waitMachine(ctx, "facts", 2*time.Minute, func(got *nio.Machine) (bool, string) {
+	if err := waitMachine(ctx, "a new facts report", 2*time.Minute, func(got *nio.Machine) (bool, string) {
 		m = got
-		return got.Status.Facts != nil && got.Status.Facts.ReportConfigMap != "", fmt.Sprintf("facts %+v", got.Status.Facts)
+		s := got.Status
+		return s.Facts != nil && s.Facts.ReportConfigMap != "" && s.LastHardwareScanTime != nil && s.LastHardwareScanTime.After(asked),
+			fmt.Sprintf("facts %+v at %v", s.Facts, s.LastHardwareScanTime)
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,8 @@
 #
 # Variable files: version.txt (the "commit"), kernel.txt (the kernel the system links:
 # a new one needs a reboot), activation.txt ("fail" fails the activation),
-# activation-delay.txt (seconds the activation takes), hold.txt ("yes": the activation
-# waits until /run/nio-fixture/release exists).
+# activation-delay.txt (seconds the activation takes), hold.txt ("yes": the first
+# activation of the system waits until /run/nio-fixture/release exists).
 {
   description = "nio test fixture: systemd-host";
   inputs.fixture-lib.url = "git+file:///srv/nio-fixture-lib";

@@ -28,7 +28,10 @@ record start
 if [ '@delay@' != 0 ]; then
 	sleep '@delay@'
 fi
-if [ '@hold@' = yes ]; then
+# Held once per system: a retry or a rollback to it is not held again.
+held="$state/held-${out##*/}"
+if [ '@hold@' = yes ] && [ ! -e "$held" ]; then
+	: >"$held"
 	echo "nio-fixture: holding until /run/nio-fixture/release exists"
 	record hold
 	while [ ! -e /run/nio-fixture/release ]; do sleep 0.2; done
