@@ -345,7 +345,7 @@ func (h *SystemdHost) AgentJournal(ctx context.Context) (string, error) {
 
 // Link is where a symlink on the host points ("" when it does not exist).
 func (h *SystemdHost) Link(ctx context.Context, path string) (string, error) {
-	out, err := h.Shell(ctx, `readlink -f "$1" || true`, path)
+	out, err := h.Shell(ctx, `if [ -e "$1" ]; then readlink -f "$1"; fi`, path)
 	return strings.TrimSpace(out), err
 }
 

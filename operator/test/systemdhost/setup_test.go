@@ -45,7 +45,8 @@ var (
 type pushed struct{ commit, version string }
 
 // setUp creates the Machine and the configuration once per package run and waits for
-// the first apply.
+// the first apply; later calls wait until the host runs the repository's HEAD and no
+// operation is in flight, so each test starts from a settled host.
 func setUp(t *testing.T) {
 	t.Helper()
 	setupOnce.Do(func() {
@@ -55,6 +56,18 @@ func setUp(t *testing.T) {
 	})
 	if setupErr != nil {
 		t.Fatalf("setting up the systemd host failed: %v", setupErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	head, err := stack.Git.Head()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitConfiguration(ctx, "settled on "+head, 4*time.Minute, func(c *nio.NixosConfiguration) (bool, string) {
+		return c.Status.AppliedCommit == head && c.Status.CurrentOperation == nil,
+			fmt.Sprintf("appliedCommit %s, operation %+v", c.Status.AppliedCommit, c.Status.CurrentOperation)
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -54,7 +54,17 @@ func TestAgentKilledInTheConfirmWindow(t *testing.T) {
 		if err := setSuspend(ctx, true); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = setSuspend(context.Background(), false) })
+		// Resumed, the configuration retries the commit (its activation is held only
+		// once), and the next test starts from a settled host.
+		t.Cleanup(func() {
+			ctx := context.Background()
+			if err := setSuspend(ctx, false); err != nil {
+				t.Error(err)
+			}
+			if err := waitApplied(ctx, p.commit); err != nil {
+				t.Errorf("the retry after the rollback: %v", err)
+			}
+		})
 		if err := harness.WaitFor(ctx, "the host back on "+prevSystem, confirmWindow+time.Minute, func() (bool, string, error) {
 			current, err := host.Link(ctx, "/run/current-system")
 			return current == prevSystem, current, err

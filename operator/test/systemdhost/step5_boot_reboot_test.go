@@ -27,6 +27,16 @@ func TestBootActionThenReboot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if bootedBefore == "" {
+		// The host first booted before NIO installed a system: unlike a NixOS host
+		// it has no booted system yet. One reboot gives it one.
+		if err := host.Reboot(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if bootedBefore, err = host.Link(ctx, "/run/booted-system"); err != nil || bootedBefore == "" {
+			t.Fatalf("no /run/booted-system after a reboot (%v)", err)
+		}
+	}
 	runningBefore, err := host.Link(ctx, "/run/current-system")
 	if err != nil {
 		t.Fatal(err)
