@@ -16,6 +16,8 @@ const (
 	ReasonRolledBack        = "RolledBack"
 	ReasonSourceFailed      = "SourceFailed"
 	ReasonSourceReady       = "SourceReady"
+	ReasonAuthFailed        = "AuthenticationFailed"
+	ReasonSourceNotFound    = "SourceNotFound"
 	ReasonInvalidConfig     = "InvalidConfiguration"
 	ReasonMachineNotFound   = "MachineNotFound"
 	ReasonMachineInUse      = "MachineInUse"

@@ -14,9 +14,11 @@ import (
 )
 
 // Sources resolves refs and renders archives for the configurations. Rendered
-// archives are cached by repository, commit and additional files, so a fleet whose
-// configurations share a repository renders (and hashes) each commit once, and
-// concurrent renders of one archive coalesce.
+// archives are cached by repository and credentials (source.Repo.ID), commit and
+// additional files, so a fleet whose configurations share a repository and
+// credentials renders (and hashes) each commit once, and concurrent renders of one
+// archive coalesce. Configurations with other credentials (another namespace's
+// Secret, or none) never share an archive: they must fetch the tree themselves.
 type Sources struct {
 	Cache *source.Cache
 	// MaxArchives bounds the cache of rendered archives (default 64).
@@ -44,7 +46,7 @@ func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error
 
 // Render returns the archive of commit plus files.
 func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File) (render.Archive, error) {
-	key := archiveKey(repo.String(), commit, files)
+	key := archiveKey(repo.ID(), commit, files)
 	if a, ok := s.cached(key); ok {
 		return a, nil
 	}
@@ -97,13 +99,13 @@ func (s *Sources) store(key string, a render.Archive) {
 	s.order = append(s.order, key)
 }
 
-// archiveKey identifies an archive by its inputs. The files' contents are hashed, so
-// the key holds no secret.
-func archiveKey(repo, commit string, files []render.File) string {
+// archiveKey identifies an archive by its inputs: repoID names the repository with
+// its credentials. The files' contents are hashed, so the key holds no secret.
+func archiveKey(repoID, commit string, files []render.File) string {
 	h := sha256.New()
 	for _, f := range files {
 		fmt.Fprintf(h, "%q %t %d\n", f.Path, f.FromSecret, len(f.Content))
 		h.Write(f.Content)
 	}
-	return repo + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
+	return repoID + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
 }

@@ -165,8 +165,9 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), err)
 	}
+	sum := sha256.Sum256([]byte(key))
 	r := &Repo{
-		cache: c, url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
+		cache: c, id: hex.EncodeToString(sum[:16]), url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
 		secrets: append(creds.secrets(), urlSecrets(rawURL)...),
 		// A shallow fetch needs server support; the in-process file:// server has none.
 		shallow: ep.Protocol != "file",
@@ -175,8 +176,7 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 		r.localPath = ep.Path
 	}
 	if c.opts.Dir != "" {
-		sum := sha256.Sum256([]byte(key))
-		r.dir = filepath.Join(c.opts.Dir, hex.EncodeToString(sum[:16])+".git")
+		r.dir = filepath.Join(c.opts.Dir, r.id+".git")
 	}
 	c.repos[key] = r
 	return r, nil
@@ -184,7 +184,10 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 
 // Repo is one repository reached with one set of credentials; safe for concurrent use.
 type Repo struct {
-	cache    *Cache
+	cache *Cache
+	// id names the URL+credentials pair without revealing either (a hash of the URL
+	// and the credentials' keyed fingerprint).
+	id       string
 	url      string
 	redacted string
 	auth     transport.AuthMethod
@@ -216,16 +219,34 @@ type lsCall struct {
 // String is the redacted URL.
 func (r *Repo) String() string { return r.redacted }
 
+// ID identifies the repository together with the credentials it is reached with: two
+// Repos have the same ID only if they have the same URL and equal credentials. Caches
+// of what a Repo produced (rendered archives) key on it, so a configuration whose
+// credentials differ never gets what another's credentials fetched. It holds no
+// secret and may be logged.
+func (r *Repo) ID() string { return r.id }
+
 var fullHash = regexp.MustCompile(`^[0-9a-fA-F]{40}$`)
 
 // Resolve returns the full commit hash ref names now: a branch (`main` or
 // `refs/heads/main`), a tag (annotated tags are peeled to their commit), `HEAD`, or
-// a full 40-hex commit, which is returned as is without asking the server (Tree
-// reports ErrRefNotFound if the repository lacks it). A name that is both a branch
-// and a tag resolves to the branch.
+// a full 40-hex commit. A name that is both a branch and a tag resolves to the branch.
+//
+// A full commit is returned as is, but only once these credentials have shown they
+// can read the repository: either this Repo already fetched the commit (with its own
+// credentials), or a listing succeeds (shared and reused like any other). Otherwise
+// a caller without access to a private repository would be told its commit resolves
+// (Tree reports ErrRefNotFound if the repository lacks the commit).
 func (r *Repo) Resolve(ctx context.Context, ref string) (string, error) {
 	if fullHash.MatchString(ref) {
-		return strings.ToLower(ref), nil
+		commit := strings.ToLower(ref)
+		if r.Has(commit) {
+			return commit, nil
+		}
+		if _, err := r.listRefs(ctx); err != nil {
+			return "", fmt.Errorf("resolve %s: %w", commit, err)
+		}
+		return commit, nil
 	}
 	if ref == "" {
 		return "", fmt.Errorf("resolve in %s: %w: empty ref", r.redacted, ErrRefNotFound)

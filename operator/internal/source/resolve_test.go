@@ -37,6 +37,14 @@ func TestResolveBranchTagAndCommitOverBasicBearerAndFile(t *testing.T) {
 				t.Fatalf("annotated tag resolved to the tag object, not its commit")
 			}
 
+			if got := resolve(t, r, first); got != first {
+				t.Fatalf("Resolve(commit) = %s, want %s", got, first)
+			}
+			files := tree(t, r, first)
+			if string(files["hosts/a.nix"].Content) != "a" || len(files) != 2 {
+				t.Fatalf("tree of first commit: %v", files)
+			}
+			// Once fetched with these credentials, a pinned commit needs no listing.
 			var before int
 			if s.srv != nil {
 				before = s.srv.Count(gittest.LsRemote)
@@ -45,12 +53,7 @@ func TestResolveBranchTagAndCommitOverBasicBearerAndFile(t *testing.T) {
 				t.Fatalf("Resolve(commit) = %s, want %s", got, first)
 			}
 			if s.srv != nil && s.srv.Count(gittest.LsRemote) != before {
-				t.Fatalf("resolving a full commit asked the server")
-			}
-
-			files := tree(t, r, first)
-			if string(files["hosts/a.nix"].Content) != "a" || len(files) != 2 {
-				t.Fatalf("tree of first commit: %v", files)
+				t.Fatalf("resolving a commit already fetched asked the server")
 			}
 		})
 	}
@@ -440,5 +443,38 @@ func TestAccessTokenIsBasicAuthPassword(t *testing.T) {
 		if got := resolve(t, openRepo(t, newCache(t, Options{}), repo.URL(), secret), "main"); got != head {
 			t.Errorf("user %q: resolved %s, want %s", user, got, head)
 		}
+	}
+}
+
+// TestPinnedCommitIsCheckedWithTheRepositorysOwnCredentials: a full commit hash is
+// not proof of access. A Repo reached without the token must not resolve a private
+// repository's commit, nor read its tree, even after another Repo with the token
+// fetched it.
+func TestPinnedCommitIsCheckedWithTheRepositorysOwnCredentials(t *testing.T) {
+	s := basicServer(t)
+	repo := s.newRepo(t, "private")
+	commit := repo.CommitFiles(t, map[string]string{"secret.nix": "{ }"}, "private")
+	c := newCache(t, Options{MinInterval: time.Hour})
+	owner := openRepo(t, c, repo.URL(), s.secret)
+	if got := resolve(t, owner, commit); got != commit {
+		t.Fatalf("Resolve with the token = %s, want %s", got, commit)
+	}
+	tree(t, owner, commit)
+
+	for name, secret := range map[string]map[string][]byte{
+		"anonymous": nil,
+		"wrong":     {"username": []byte("fleet"), "password": []byte("not-the-password")},
+	} {
+		other := openRepo(t, c, repo.URL(), secret)
+		if other.ID() == owner.ID() {
+			t.Fatalf("%s: ID equals the token's Repo's ID", name)
+		}
+		_, err := other.Resolve(ctx(t), commit)
+		wantErr(t, err, ErrAuth)
+		_, err = other.Tree(ctx(t), commit)
+		wantErr(t, err, ErrAuth)
+	}
+	if again := openRepo(t, c, repo.URL(), s.secret); again.ID() != owner.ID() {
+		t.Fatalf("equal credentials got another ID")
 	}
 }
