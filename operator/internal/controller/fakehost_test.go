@@ -25,9 +25,19 @@ type fakeFleet struct {
 	c     client.Client
 	mu    sync.Mutex
 	hosts map[string]*fakeHost
+	opens map[string]int // Open calls per Machine name, failed ones included
 }
 
-func newFakeFleet() *fakeFleet { return &fakeFleet{hosts: map[string]*fakeHost{}} }
+func newFakeFleet() *fakeFleet {
+	return &fakeFleet{hosts: map[string]*fakeHost{}, opens: map[string]int{}}
+}
+
+// openCount is how many times Open was called for Machine name.
+func (f *fakeFleet) openCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.opens[name]
+}
 
 // host is the stand-in of Machine name. Tests run one namespace each, one operator
 // each (its cache limited to that namespace), so names are unique within a fleet.
@@ -45,6 +55,9 @@ func (f *fakeFleet) host(name string) *fakeHost {
 
 // Open mimics the real factory: the SSH key Secret must exist when referenced.
 func (f *fakeFleet) Open(ctx context.Context, m *nio.Machine) (Host, error) {
+	f.mu.Lock()
+	f.opens[m.Name]++
+	f.mu.Unlock()
 	if m.Spec.SSHKeySecretRef != nil {
 		if _, err := MachineSSHKey(ctx, f.c, m); err != nil {
 			return nil, err

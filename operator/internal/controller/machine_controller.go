@@ -85,16 +85,16 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		reason := ReasonHostUnreachable
-		var st stalledError
-		if errors.As(err, &st) {
-			reason = st.reason
+		if reason, ok := configReason(err); ok {
+			// A missing SSH key Secret (or key in it) is the user's to fix: retrying
+			// changes nothing, and the Secret watch brings the next pass when it appears.
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+			markStalled(&m.Status.Conditions, m.Generation, reason, err.Error())
+			log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
+			return reconcile.Result{}, nil
 		}
-		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
-		markFailed(&m.Status.Conditions, m.Generation, reason, err.Error())
-		if errors.Is(err, ErrConfig) {
-			return reconcile.Result{}, nil // the Secret watch brings the next pass
-		}
+		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, ReasonHostUnreachable, err.Error())
+		markFailed(&m.Status.Conditions, m.Generation, ReasonHostUnreachable, err.Error())
 		return reconcile.Result{}, err
 	}
 	defer host.Close()
