@@ -89,6 +89,7 @@ type fakeHost struct {
 	failCommits  map[string][]string // commit → build error lines
 	marker       bool
 	facts        []byte
+	factsFails   int // the next factsFails Facts calls fail (nixos-facter crashed)
 	fingerprint  string
 	agentVersion string
 	generation   int64
@@ -207,6 +208,10 @@ func (h *fakeHost) Facts(context.Context) ([]byte, error) {
 	defer h.mu.Unlock()
 	if h.facts == nil {
 		return nil, errors.New("nixos-facter: not found")
+	}
+	if h.factsFails > 0 {
+		h.factsFails--
+		return nil, errors.New("nixos-facter: killed by signal")
 	}
 	return h.facts, nil
 }

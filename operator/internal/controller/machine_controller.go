@@ -43,14 +43,21 @@ type MachineReconciler struct {
 	// Now is the clock (tests).
 	Now func() time.Time
 
-	// factsFailed remembers when collecting facts last failed per Machine, so a host
-	// without nixos-facter is asked again every factsRetry, not on every probe.
+	// FactsRetry is how long a failed nixos-facter run waits before the next try
+	// (default 10m); a new rescan request is tried at once.
+	FactsRetry time.Duration
+
+	// factsFailed remembers when collecting facts last failed per Machine, and for
+	// which rescan request, so a host without nixos-facter is asked again every
+	// FactsRetry, not on every probe.
 	factsMu     sync.Mutex
-	factsFailed map[types.NamespacedName]time.Time
+	factsFailed map[types.NamespacedName]factsFailure
 }
 
-// factsRetry is how long a failed nixos-facter run waits before the next try.
-const factsRetry = 10 * time.Minute
+type factsFailure struct {
+	at     time.Time
+	rescan string // the rescan annotation's value the failed run served
+}
 
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
@@ -186,12 +193,12 @@ func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, ho
 	due := st.LastHardwareScanTime == nil || requested || r.now().Sub(st.LastHardwareScanTime.Time) >= r.factsInterval()
 	key := types.NamespacedName{Namespace: m.Namespace, Name: m.Name}
 	r.factsMu.Lock()
-	failedAt, failed := r.factsFailed[key]
+	last, failed := r.factsFailed[key]
 	r.factsMu.Unlock()
-	if !due || failed && !requested && r.now().Sub(failedAt) < factsRetry {
+	newRequest := requested && (!failed || last.rescan != rescan)
+	if !due || failed && !newRequest && r.now().Sub(last.at) < r.factsRetry() {
 		return
 	}
-	st.LastHandledRescanAt = rescan
 	report, err := host.Facts(ctx)
 	if err == nil {
 		err = r.storeFacts(ctx, m, report)
@@ -200,15 +207,18 @@ func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, ho
 	defer r.factsMu.Unlock()
 	if err != nil {
 		if r.factsFailed == nil {
-			r.factsFailed = map[types.NamespacedName]time.Time{}
+			r.factsFailed = map[types.NamespacedName]factsFailure{}
 		}
-		r.factsFailed[key] = r.now()
+		// The request stays pending (lastHandledRescanAt unchanged): it is retried
+		// after FactsRetry, and survives an operator restart.
+		r.factsFailed[key] = factsFailure{at: r.now(), rescan: rescan}
 		log.FromContext(ctx).Info("facts not collected", "error", err.Error())
 		r.event(m, corev1.EventTypeWarning, "FactsFailed", "CollectFacts", "collect facts: "+err.Error())
 		return
 	}
 	delete(r.factsFailed, key)
 	st.LastHardwareScanTime = &metav1.Time{Time: r.now()}
+	st.LastHandledRescanAt = rescan
 }
 
 // FactsConfigMapName is the ConfigMap holding a Machine's nixos-facter report.
@@ -301,6 +311,13 @@ func (r *MachineReconciler) probeInterval() time.Duration {
 		return r.ProbeInterval
 	}
 	return time.Minute
+}
+
+func (r *MachineReconciler) factsRetry() time.Duration {
+	if r.FactsRetry > 0 {
+		return r.FactsRetry
+	}
+	return 10 * time.Minute
 }
 
 func (r *MachineReconciler) factsInterval() time.Duration {

@@ -283,6 +283,11 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 		SourceDigest: src.archive.Digest, Message: truncate(res.Message, 512),
 	}
 	r.Metrics.observeApply(obj, res, now.Sub(started))
+	// The pass ran the operation a requestedAt asked for (whatever its outcome: a
+	// failed build is retried with backoff, not forced again).
+	if at, ok := obj.Annotations[nio.RequestedAtAnnotation]; ok {
+		obj.Status.LastHandledRequestedAt = at
+	}
 
 	if res.Outcome != transport.OutcomeSucceeded {
 		entry.Result = nio.ResultFailed

@@ -165,11 +165,11 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 		return reconcile.Result{}, err
 	}
 
-	force := false
-	if at, ok := obj.Annotations[nio.RequestedAtAnnotation]; ok && at != obj.Status.LastHandledRequestedAt {
-		force = true
-		obj.Status.LastHandledRequestedAt = at
-	}
+	// A request is recorded as handled only when an apply reaches an outcome (record):
+	// a pass that fails before (ls-remote, host unreachable, Machine busy) keeps it
+	// pending, so its retry is still forced.
+	at, requested := obj.Annotations[nio.RequestedAtAnnotation]
+	force := requested && at != obj.Status.LastHandledRequestedAt
 
 	src, err := r.resolve(ctx, obj, machine)
 	if err != nil {

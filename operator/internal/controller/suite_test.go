@@ -137,7 +137,7 @@ func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, instal
 		t.Fatal(err)
 	}
 	mr := &MachineReconciler{Client: mgr.GetClient(), Recorder: rec, Hosts: fleet, Locks: locks, PKI: issuer, Metrics: metrics,
-		ProbeInterval: 2 * time.Second}
+		ProbeInterval: 2 * time.Second, FactsRetry: 3 * time.Second}
 	if err := mr.SetupWithManager(ctx, mgr, 4); err != nil {
 		t.Fatal(err)
 	}
