@@ -38,6 +38,12 @@ const (
 	ReasonReconcileFailed   = "ReconciliationFailed"
 )
 
+// Event reasons of the Machine controller's agent identity duties.
+const (
+	ReasonAgentIdentityFailed    = "AgentIdentityFailed"
+	ReasonAgentIdentityDelivered = "AgentIdentityDelivered"
+)
+
 // setCondition sets a condition with the object's generation.
 func setCondition(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, message string) {
 	meta.SetStatusCondition(conds, metav1.Condition{

@@ -96,6 +96,7 @@ type fakeHost struct {
 	current      string
 	applies      []appliedOp
 	identities   int
+	identityErr  error // AgentIdentityPresent fails with it (e.g. sudo refused)
 	// block, when set, holds Apply until closed (a long build).
 	block chan struct{}
 }
@@ -248,6 +249,9 @@ func (h *fakeHost) Probe(context.Context) transport.ProbeResult {
 func (h *fakeHost) AgentIdentityPresent(context.Context) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.identityErr != nil {
+		return false, h.identityErr
+	}
 	return h.identities > 0, nil
 }
 

@@ -272,7 +272,17 @@ func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Ma
 		r.event(m, corev1.EventTypeNormal, "CertificateRenewed", "RenewCertificate", "agent certificate renewed until "+newNotAfter.UTC().Format(time.RFC3339))
 	case !p.AgentReachable && p.SSHReachable:
 		present, err := host.AgentIdentityPresent(ctx)
-		if err != nil || present {
+		if err != nil {
+			// Without this check the agent never gets an identity, and nothing else
+			// would say why it stays unreachable.
+			msg := fmt.Sprintf("cannot tell whether the host holds the agent's TLS identity, so none is delivered: %v", err)
+			logger.Info("agent identity check failed", "error", err.Error())
+			r.event(m, corev1.EventTypeWarning, ReasonAgentIdentityFailed, "CheckIdentity", msg)
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentIdentityFailed,
+				errText(p.AgentError, "nio-agent does not answer")+"; "+msg)
+			return
+		}
+		if present {
 			return // an agent that has its identity but is down: SSH serves meanwhile
 		}
 		unlock, _, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "agent identity delivery")
@@ -286,10 +296,12 @@ func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Ma
 		}
 		if err != nil {
 			logger.Info("agent identity delivery failed", "error", err.Error())
-			r.event(m, corev1.EventTypeWarning, "AgentIdentityFailed", "DeliverIdentity", err.Error())
+			r.event(m, corev1.EventTypeWarning, ReasonAgentIdentityFailed, "DeliverIdentity", err.Error())
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentIdentityFailed,
+				errText(p.AgentError, "nio-agent does not answer")+"; delivering its TLS identity over SSH failed: "+err.Error())
 			return
 		}
-		r.event(m, corev1.EventTypeNormal, "AgentIdentityDelivered", "DeliverIdentity", "delivered the agent's TLS identity over SSH and restarted nio-agent")
+		r.event(m, corev1.EventTypeNormal, ReasonAgentIdentityDelivered, "DeliverIdentity", "delivered the agent's TLS identity over SSH and restarted nio-agent")
 	}
 }
 
