@@ -285,14 +285,28 @@ type fakeInstaller struct {
 	fleet *fakeFleet
 	mu    sync.Mutex
 	runs  []install.Request
+	at    []time.Time // when each run started
+	// fail, when set, makes every run fail (kexec refused, disk busy, ...).
+	fail error
 }
 
 func (f *fakeInstaller) Run(_ context.Context, req install.Request) (install.Result, error) {
 	f.mu.Lock()
 	f.runs = append(f.runs, req)
+	f.at = append(f.at, time.Now())
+	fail := f.fail
 	f.mu.Unlock()
+	if fail != nil {
+		return install.Result{LogTail: []string{"kexec: " + fail.Error()}}, fail
+	}
 	f.fleet.host(req.Machine).set(func(h *fakeHost) { h.marker = true; h.generation = 1 })
 	return install.Result{HostPublicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}, nil
+}
+
+func (f *fakeInstaller) times() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Time(nil), f.at...)
 }
 
 func (f *fakeInstaller) count() int {
