@@ -478,3 +478,58 @@ func TestPinnedCommitIsCheckedWithTheRepositorysOwnCredentials(t *testing.T) {
 		t.Fatalf("equal credentials got another ID")
 	}
 }
+
+// TestIdleRepositoriesAreForgotten: a repository nobody looked up or read for
+// IdleTimeout is dropped with its objects (in memory, or its directory under Dir),
+// while one in use stays; looked up again it starts empty and fetches.
+func TestIdleRepositoriesAreForgotten(t *testing.T) {
+	for _, onDisk := range []bool{false, true} {
+		srv := gittest.NewServer(t, gittest.Options{AllowSHA1InWant: true})
+		old := srv.NewRepo(t, "old")
+		oldCommit := old.CommitFiles(t, map[string]string{"v": "old"}, "old")
+		live := srv.NewRepo(t, "live")
+		liveCommit := live.CommitFiles(t, map[string]string{"v": "live"}, "live")
+		opts := Options{IdleTimeout: time.Hour}
+		if onDisk {
+			opts.Dir = t.TempDir()
+		}
+		c := newCache(t, opts)
+		now := time.Now()
+		c.now = func() time.Time { return now }
+
+		oldRepo := openRepo(t, c, old.URL(), nil)
+		tree(t, oldRepo, oldCommit)
+		liveRepo := openRepo(t, c, live.URL(), nil)
+		tree(t, liveRepo, liveCommit)
+		if onDisk {
+			if _, err := os.Stat(oldRepo.dir); err != nil {
+				t.Fatalf("on disk: no directory for the repository: %v", err)
+			}
+		}
+
+		now = now.Add(40 * time.Minute)
+		tree(t, liveRepo, liveCommit) // in use
+		now = now.Add(30 * time.Minute)
+		openRepo(t, c, live.URL(), nil) // a lookup sweeps
+
+		if st := c.Stats(); st.Repos != 1 || st.Evicted != 1 {
+			t.Fatalf("onDisk=%v: stats %+v, want the idle repository forgotten and the live one kept", onDisk, st)
+		}
+		if again := openRepo(t, c, live.URL(), nil); again != liveRepo || !again.Has(liveCommit) {
+			t.Fatalf("onDisk=%v: the repository in use lost its entry or objects", onDisk)
+		}
+		if onDisk {
+			if _, err := os.Stat(oldRepo.dir); !os.IsNotExist(err) {
+				t.Fatalf("the idle repository's directory is still there (%v)", err)
+			}
+		}
+		fetches := srv.Count(gittest.Fetch)
+		back := openRepo(t, c, old.URL(), nil)
+		if back == oldRepo || back.Has(oldCommit) {
+			t.Fatalf("onDisk=%v: the forgotten repository came back with its objects", onDisk)
+		}
+		if got := string(tree(t, back, oldCommit)["v"].Content); got != "old" || srv.Count(gittest.Fetch) == fetches {
+			t.Fatalf("onDisk=%v: tree after eviction %q, fetches %d -> %d", onDisk, got, fetches, srv.Count(gittest.Fetch))
+		}
+	}
+}
