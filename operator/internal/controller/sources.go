@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -23,6 +24,9 @@ type Sources struct {
 	Cache *source.Cache
 	// MaxArchives bounds the cache of rendered archives (default 64).
 	MaxArchives int
+	// RenderTimeout bounds one render (fetch, tree read, pack) shared by every
+	// caller waiting for it (default 10 minutes).
+	RenderTimeout time.Duration
 
 	group singleflight.Group
 	mu    sync.Mutex
@@ -44,16 +48,22 @@ func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error
 	return repo, nil
 }
 
-// Render returns the archive of commit plus files.
+// Render returns the archive of commit plus files. Concurrent calls for one archive
+// share one render, which runs on its own deadline: a caller that gives up (its pass
+// cancelled) returns at once without failing the others.
 func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File) (render.Archive, error) {
 	key := archiveKey(repo.ID(), commit, files)
 	if a, ok := s.cached(key); ok {
 		return a, nil
 	}
-	v, err, _ := s.group.Do(key, func() (any, error) {
+	ch := s.group.DoChan(key, func() (any, error) {
 		if a, ok := s.cached(key); ok {
 			return a, nil
 		}
+		// Detached from the first caller's cancellation (its values, e.g. the
+		// logger, are kept): the render is everyone's who waits for it.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.renderTimeout())
+		defer cancel()
 		tree, err := repo.Tree(ctx, commit)
 		if err != nil {
 			return nil, err
@@ -65,10 +75,22 @@ func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, 
 		s.store(key, a)
 		return a, nil
 	})
-	if err != nil {
-		return render.Archive{}, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return render.Archive{}, res.Err
+		}
+		return res.Val.(render.Archive), nil
+	case <-ctx.Done():
+		return render.Archive{}, fmt.Errorf("render %s: %w", shortCommit(commit), ctx.Err())
 	}
-	return v.(render.Archive), nil
+}
+
+func (s *Sources) renderTimeout() time.Duration {
+	if s.RenderTimeout > 0 {
+		return s.RenderTimeout
+	}
+	return 10 * time.Minute
 }
 
 func (s *Sources) cached(key string) (render.Archive, bool) {
