@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/rsa"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -42,6 +43,9 @@ type Options struct {
 	// user is added to a copy of /etc/passwd that only sshd and its sessions see (a
 	// private mount namespace), so nothing on the machine changes.
 	User string
+	// RSAHostKey gives sshd an RSA host key besides the ed25519 one (HostKey stays
+	// the ed25519 key; RSAHostKey returns the other), as many hosts have both.
+	RSAHostKey bool
 }
 
 // Server is one running sshd.
@@ -73,13 +77,15 @@ type Server struct {
 	root     string
 	cfgPath  string
 	keyPath  string
+	rsaPath  string // "" without Options.RSAHostKey
 	netns    string
 	launcher []string // argv prefix that starts sshd (namespace, mount namespace)
 
-	mu      sync.Mutex
-	hostKey ssh.PublicKey
-	cmd     *exec.Cmd
-	done    chan struct{}
+	mu         sync.Mutex
+	hostKey    ssh.PublicKey
+	rsaHostKey ssh.PublicKey
+	cmd        *exec.Cmd
+	done       chan struct{}
 }
 
 // Start runs sshd for the test and stops it at cleanup.
@@ -117,6 +123,9 @@ func Start(t testing.TB, o Options) *Server {
 		cfgPath: filepath.Join(root, "sshd_config"),
 		keyPath: filepath.Join(root, "ssh_host_ed25519_key"),
 	}
+	if o.RSAHostKey {
+		s.rsaPath = filepath.Join(root, "ssh_host_rsa_key")
+	}
 	for _, d := range []string{s.BinDir, s.Dir, filepath.Join(root, "home")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatalf("sshtest: %v", err)
@@ -146,10 +155,15 @@ func Start(t testing.TB, o Options) *Server {
 		s.Port = freePort(t)
 	}
 
+	hostKeys := "HostKey " + s.keyPath
+	if s.rsaPath != "" {
+		// Listed first: which key a client sees must be the client's choice.
+		hostKeys = "HostKey " + s.rsaPath + "\n" + hostKeys
+	}
 	cfg := strings.Join([]string{
 		"Port " + strconv.Itoa(s.Port),
 		"ListenAddress " + s.Host,
-		"HostKey " + s.keyPath,
+		hostKeys,
 		"AuthorizedKeysFile " + authorized,
 		"PubkeyAuthentication yes",
 		"PasswordAuthentication no",
@@ -190,6 +204,13 @@ func (s *Server) HostKey() ssh.PublicKey {
 	return s.hostKey
 }
 
+// RSAHostKey is the RSA host key sshd also presents (Options.RSAHostKey), else nil.
+func (s *Server) RSAHostKey() ssh.PublicKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rsaHostKey
+}
+
 // HostKeyAuthorized is HostKey in authorized_keys form (`ssh-ed25519 AAAA…`), as a
 // Machine's spec.sshHostKey holds it.
 func (s *Server) HostKeyAuthorized() string {
@@ -199,8 +220,8 @@ func (s *Server) HostKeyAuthorized() string {
 // HostKeyFingerprint is HostKey's SHA256 fingerprint.
 func (s *Server) HostKeyFingerprint() string { return ssh.FingerprintSHA256(s.HostKey()) }
 
-// RotateHostKey restarts sshd with a newly generated host key, as a reinstalled or
-// impersonated host would present.
+// RotateHostKey restarts sshd with newly generated host keys (every type it has), as
+// a reinstalled or impersonated host would present.
 func (s *Server) RotateHostKey(t testing.TB) {
 	t.Helper()
 	s.stop()
@@ -238,6 +259,16 @@ func (s *Server) writeHostKey(t testing.TB) {
 	}
 	s.mu.Lock()
 	s.hostKey = signer.PublicKey()
+	s.mu.Unlock()
+	if s.rsaPath == "" {
+		return
+	}
+	pemBytes, signer = newRSAKey(t)
+	if err := os.WriteFile(s.rsaPath, pemBytes, 0o600); err != nil {
+		t.Fatalf("sshtest: RSA host key: %v", err)
+	}
+	s.mu.Lock()
+	s.rsaHostKey = signer.PublicKey()
 	s.mu.Unlock()
 }
 
@@ -401,6 +432,23 @@ func newKey(t testing.TB) ([]byte, ssh.Signer) {
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
 		t.Fatalf("sshtest: signer: %v", err)
+	}
+	return pem.EncodeToMemory(block), signer
+}
+
+func newRSAKey(t testing.TB) ([]byte, ssh.Signer) {
+	t.Helper()
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatalf("sshtest: RSA key: %v", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatalf("sshtest: marshal RSA key: %v", err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatalf("sshtest: RSA signer: %v", err)
 	}
 	return pem.EncodeToMemory(block), signer
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"sort"
 	"strings"
 )
 
@@ -18,6 +19,13 @@ import (
 // symlink, symlinks whose target leaves the tree, hard links, device files, fifos,
 // and more than maxBytes of content in total. Writes go through an os.Root, so even a
 // bug in these checks cannot write outside dir.
+//
+// A symlink's target is judged as the kernel would follow it, through every symlink
+// on the way: each hop of a chain may stay inside on its own while the chain leaves
+// (`a/up -> ..`, then `a/b -> up/..` is the parent of dir). Since a later entry can
+// change where an earlier link leads, every link is checked once the whole archive
+// is written; on a failure every symlink written is removed again, so nothing in
+// dir — the flake directory included — leads outside it.
 func Unpack(archivePath, dir string, maxBytes int64) error {
 	f, err := os.Open(archivePath)
 	if err != nil {
@@ -34,12 +42,19 @@ func Unpack(archivePath, dir string, maxBytes int64) error {
 	}
 	defer root.Close()
 
-	u := unpacker{root: root, links: map[string]bool{}, left: maxBytes}
-	tr := tar.NewReader(zr)
+	u := unpacker{root: root, links: map[string]string{}, left: maxBytes}
+	if err := u.all(tar.NewReader(zr)); err != nil {
+		u.removeLinks()
+		return err
+	}
+	return nil
+}
+
+func (u *unpacker) all(tr *tar.Reader) error {
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return nil
+			break
 		}
 		if err != nil {
 			return fmt.Errorf("unpack: read tar: %w", err)
@@ -48,12 +63,70 @@ func Unpack(archivePath, dir string, maxBytes int64) error {
 			return fmt.Errorf("unpack %q: %w", hdr.Name, err)
 		}
 	}
+	names := make([]string, 0, len(u.links))
+	for name := range u.links {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the same archive fails on the same link
+	for _, name := range names {
+		if err := u.followInside(name); err != nil {
+			return fmt.Errorf("unpack %q: %w", name, err)
+		}
+	}
+	return nil
 }
 
 type unpacker struct {
 	root  *os.Root
-	links map[string]bool // symlinks created so far, by cleaned name
+	links map[string]string // symlinks created so far: cleaned name → target
 	left  int64
+}
+
+// maxHops is how many symlinks one path may pass through, as Linux allows (ELOOP).
+const maxHops = 40
+
+// followInside resolves name the way the kernel would, against the links of the
+// archive, and fails if any step goes above the root. Names that do not exist are
+// taken lexically, which is stricter than the kernel (it would stop there).
+func (u *unpacker) followInside(name string) error {
+	var at []string // the directory reached so far, as components below the root
+	todo := strings.Split(name, "/")
+	for hops := 0; len(todo) > 0; {
+		c := todo[0]
+		todo = todo[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			if len(at) == 0 {
+				return fmt.Errorf("symlink to %q leads outside the tree through the links it passes", u.links[name])
+			}
+			at = at[:len(at)-1]
+			continue
+		}
+		next := path.Join(append(append([]string(nil), at...), c)...)
+		target, ok := u.links[next]
+		if !ok {
+			at = append(at, c)
+			continue
+		}
+		if hops++; hops > maxHops {
+			return errors.New("too many levels of symbolic links")
+		}
+		if path.IsAbs(target) {
+			return fmt.Errorf("symlink %s to %q leaves the tree", next, target)
+		}
+		// A relative target is read from the directory holding the link.
+		todo = append(strings.Split(target, "/"), todo...)
+	}
+	return nil
+}
+
+// removeLinks removes every symlink written, so a refused tree leads nowhere.
+func (u *unpacker) removeLinks() {
+	for name := range u.links {
+		_ = u.root.Remove(name)
+	}
 }
 
 func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
@@ -65,7 +138,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		return nil // the root itself
 	}
 	for p := path.Dir(name); p != "."; p = path.Dir(p) {
-		if u.links[p] {
+		if _, ok := u.links[p]; ok {
 			return errors.New("entry below a symlink")
 		}
 	}
@@ -107,8 +180,11 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 		if err := u.root.MkdirAll(path.Dir(name), 0o755); err != nil {
 			return err
 		}
-		u.links[name] = true
-		return u.root.Symlink(target, name)
+		if err := u.root.Symlink(target, name); err != nil {
+			return err
+		}
+		u.links[name] = target
+		return nil
 	case tar.TypeXGlobalHeader:
 		return nil
 	default:

@@ -43,13 +43,23 @@ func writeArchive(t *testing.T, dir string, entries ...tarEntry) string {
 func TestUnpackRefusesEntriesThatLeaveTheTree(t *testing.T) {
 	ok := tarEntry{name: "flake.nix", body: "{}", typ: tar.TypeReg}
 	cases := map[string][]tarEntry{
-		"dot-dot":              {ok, {name: "../x", body: "x", typ: tar.TypeReg}},
-		"nested dot-dot":       {ok, {name: "a/../../x", body: "x", typ: tar.TypeReg}},
-		"absolute":             {ok, {name: "@BASE@/x", body: "x", typ: tar.TypeReg}},
-		"symlink out":          {ok, {name: "l", link: "../", typ: tar.TypeSymlink}},
-		"absolute symlink":     {ok, {name: "l", link: "@BASE@", typ: tar.TypeSymlink}},
-		"write through link":   {ok, {name: "sub/", typ: tar.TypeDir}, {name: "l", link: "sub", typ: tar.TypeSymlink}, {name: "l/x", body: "x", typ: tar.TypeReg}},
-		"link below link":      {ok, {name: "l", link: ".", typ: tar.TypeSymlink}, {name: "l/m", link: "..", typ: tar.TypeSymlink}},
+		"dot-dot":            {ok, {name: "../x", body: "x", typ: tar.TypeReg}},
+		"nested dot-dot":     {ok, {name: "a/../../x", body: "x", typ: tar.TypeReg}},
+		"absolute":           {ok, {name: "@BASE@/x", body: "x", typ: tar.TypeReg}},
+		"symlink out":        {ok, {name: "l", link: "../", typ: tar.TypeSymlink}},
+		"absolute symlink":   {ok, {name: "l", link: "@BASE@", typ: tar.TypeSymlink}},
+		"write through link": {ok, {name: "sub/", typ: tar.TypeDir}, {name: "l", link: "sub", typ: tar.TypeSymlink}, {name: "l/x", body: "x", typ: tar.TypeReg}},
+		"link below link":    {ok, {name: "l", link: ".", typ: tar.TypeSymlink}, {name: "l/m", link: "..", typ: tar.TypeSymlink}},
+		// Each hop alone stays inside; followed through a/up (the root), a/b is its parent.
+		"symlink chain out": {ok, {name: "a/", typ: tar.TypeDir}, {name: "a/up", link: "..", typ: tar.TypeSymlink},
+			{name: "a/b", link: "up/..", typ: tar.TypeSymlink}},
+		// The link that makes l1 escape comes after it in the archive.
+		"chain through a later link": {ok, {name: "l1", link: "l2/..", typ: tar.TypeSymlink}, {name: "d/", typ: tar.TypeDir},
+			{name: "l2", link: "d/..", typ: tar.TypeSymlink}},
+		// The flake directory the operation names (hosts) is a chain leading out.
+		"flake dir chain out": {ok, {name: "sub/", typ: tar.TypeDir}, {name: "sub/up", link: "..", typ: tar.TypeSymlink},
+			{name: "hosts", link: "sub/up/..", typ: tar.TypeSymlink}, {name: "sub/flake.nix", body: "{}", typ: tar.TypeReg}},
+		"symlink loop":         {ok, {name: "a", link: "b", typ: tar.TypeSymlink}, {name: "b", link: "a", typ: tar.TypeSymlink}},
 		"hard link":            {ok, {name: "h", link: "flake.nix", typ: tar.TypeLink}},
 		"char device":          {ok, {name: "dev", typ: tar.TypeChar}},
 		"fifo":                 {ok, {name: "fifo", typ: tar.TypeFifo}},
@@ -79,6 +89,14 @@ func TestUnpackRefusesEntriesThatLeaveTheTree(t *testing.T) {
 			if len(got) != 1 || got[0].Name() != "dest" {
 				t.Errorf("written outside the destination: %v", got)
 			}
+			// A refused tree keeps no symlink (a caller ignoring the error, or building
+			// the flake dir anyway, would follow it).
+			filepath.WalkDir(dest, func(p string, d os.DirEntry, err error) error {
+				if err == nil && d.Type()&os.ModeSymlink != 0 {
+					t.Errorf("symlink %s left in a refused tree", p)
+				}
+				return nil
+			})
 		})
 	}
 }
@@ -89,14 +107,21 @@ func TestUnpackWritesFilesDirsAndInsideLinks(t *testing.T) {
 		tarEntry{name: "hosts/", typ: tar.TypeDir},
 		tarEntry{name: "hosts/a.nix", body: "a", typ: tar.TypeReg},
 		tarEntry{name: "hosts/current", link: "a.nix", typ: tar.TypeSymlink},
+		// Chains that stay inside are fine, .. through a link included.
+		tarEntry{name: "machines", link: "hosts", typ: tar.TypeSymlink},
+		tarEntry{name: "all", link: "machines", typ: tar.TypeSymlink},
+		tarEntry{name: "top", link: "all/../flake.nix", typ: tar.TypeSymlink},
+		tarEntry{name: "cur", link: "all/current", typ: tar.TypeSymlink},
 	)
 	dest := t.TempDir()
 	if err := Unpack(arch, dest, 1024); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(dest, "hosts", "current"))
-	if err != nil || string(b) != "a" {
-		t.Fatalf("hosts/current = %q (%v)", b, err)
+	for name, want := range map[string]string{"hosts/current": "a", "top": "{ }", "cur": "a"} {
+		b, err := os.ReadFile(filepath.Join(dest, filepath.FromSlash(name)))
+		if err != nil || string(b) != want {
+			t.Fatalf("%s = %q (%v), want %q", name, b, err, want)
+		}
 	}
 }
 

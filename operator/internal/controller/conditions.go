@@ -16,6 +16,8 @@ const (
 	ReasonRolledBack        = "RolledBack"
 	ReasonSourceFailed      = "SourceFailed"
 	ReasonSourceReady       = "SourceReady"
+	ReasonAuthFailed        = "AuthenticationFailed"
+	ReasonSourceNotFound    = "SourceNotFound"
 	ReasonInvalidConfig     = "InvalidConfiguration"
 	ReasonMachineNotFound   = "MachineNotFound"
 	ReasonMachineInUse      = "MachineInUse"
@@ -34,6 +36,12 @@ const (
 	ReasonSSHKeyMissing     = "SSHKeyMissing"
 	ReasonDependencyPending = "DependencyNotReady"
 	ReasonReconcileFailed   = "ReconciliationFailed"
+)
+
+// Event reasons of the Machine controller's agent identity duties.
+const (
+	ReasonAgentIdentityFailed    = "AgentIdentityFailed"
+	ReasonAgentIdentityDelivered = "AgentIdentityDelivered"
 )
 
 // setCondition sets a condition with the object's generation.

@@ -25,9 +25,19 @@ type fakeFleet struct {
 	c     client.Client
 	mu    sync.Mutex
 	hosts map[string]*fakeHost
+	opens map[string]int // Open calls per Machine name, failed ones included
 }
 
-func newFakeFleet() *fakeFleet { return &fakeFleet{hosts: map[string]*fakeHost{}} }
+func newFakeFleet() *fakeFleet {
+	return &fakeFleet{hosts: map[string]*fakeHost{}, opens: map[string]int{}}
+}
+
+// openCount is how many times Open was called for Machine name.
+func (f *fakeFleet) openCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.opens[name]
+}
 
 // host is the stand-in of Machine name. Tests run one namespace each, one operator
 // each (its cache limited to that namespace), so names are unique within a fleet.
@@ -45,6 +55,9 @@ func (f *fakeFleet) host(name string) *fakeHost {
 
 // Open mimics the real factory: the SSH key Secret must exist when referenced.
 func (f *fakeFleet) Open(ctx context.Context, m *nio.Machine) (Host, error) {
+	f.mu.Lock()
+	f.opens[m.Name]++
+	f.mu.Unlock()
 	if m.Spec.SSHKeySecretRef != nil {
 		if _, err := MachineSSHKey(ctx, f.c, m); err != nil {
 			return nil, err
@@ -76,12 +89,14 @@ type fakeHost struct {
 	failCommits  map[string][]string // commit → build error lines
 	marker       bool
 	facts        []byte
+	factsFails   int // the next factsFails Facts calls fail (nixos-facter crashed)
 	fingerprint  string
 	agentVersion string
 	generation   int64
 	current      string
 	applies      []appliedOp
 	identities   int
+	identityErr  error // AgentIdentityPresent fails with it (e.g. sudo refused)
 	// block, when set, holds Apply until closed (a long build).
 	block chan struct{}
 }
@@ -195,6 +210,10 @@ func (h *fakeHost) Facts(context.Context) ([]byte, error) {
 	if h.facts == nil {
 		return nil, errors.New("nixos-facter: not found")
 	}
+	if h.factsFails > 0 {
+		h.factsFails--
+		return nil, errors.New("nixos-facter: killed by signal")
+	}
 	return h.facts, nil
 }
 
@@ -230,6 +249,9 @@ func (h *fakeHost) Probe(context.Context) transport.ProbeResult {
 func (h *fakeHost) AgentIdentityPresent(context.Context) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.identityErr != nil {
+		return false, h.identityErr
+	}
 	return h.identities > 0, nil
 }
 
@@ -263,14 +285,28 @@ type fakeInstaller struct {
 	fleet *fakeFleet
 	mu    sync.Mutex
 	runs  []install.Request
+	at    []time.Time // when each run started
+	// fail, when set, makes every run fail (kexec refused, disk busy, ...).
+	fail error
 }
 
 func (f *fakeInstaller) Run(_ context.Context, req install.Request) (install.Result, error) {
 	f.mu.Lock()
 	f.runs = append(f.runs, req)
+	f.at = append(f.at, time.Now())
+	fail := f.fail
 	f.mu.Unlock()
+	if fail != nil {
+		return install.Result{LogTail: []string{"kexec: " + fail.Error()}}, fail
+	}
 	f.fleet.host(req.Machine).set(func(h *fakeHost) { h.marker = true; h.generation = 1 })
 	return install.Result{HostPublicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}, nil
+}
+
+func (f *fakeInstaller) times() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Time(nil), f.at...)
 }
 
 func (f *fakeInstaller) count() int {

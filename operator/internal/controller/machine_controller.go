@@ -43,14 +43,21 @@ type MachineReconciler struct {
 	// Now is the clock (tests).
 	Now func() time.Time
 
-	// factsFailed remembers when collecting facts last failed per Machine, so a host
-	// without nixos-facter is asked again every factsRetry, not on every probe.
+	// FactsRetry is how long a failed nixos-facter run waits before the next try
+	// (default 10m); a new rescan request is tried at once.
+	FactsRetry time.Duration
+
+	// factsFailed remembers when collecting facts last failed per Machine, and for
+	// which rescan request, so a host without nixos-facter is asked again every
+	// FactsRetry, not on every probe.
 	factsMu     sync.Mutex
-	factsFailed map[types.NamespacedName]time.Time
+	factsFailed map[types.NamespacedName]factsFailure
 }
 
-// factsRetry is how long a failed nixos-facter run waits before the next try.
-const factsRetry = 10 * time.Minute
+type factsFailure struct {
+	at     time.Time
+	rescan string // the rescan annotation's value the failed run served
+}
 
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
@@ -85,16 +92,16 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		reason := ReasonHostUnreachable
-		var st stalledError
-		if errors.As(err, &st) {
-			reason = st.reason
+		if reason, ok := configReason(err); ok {
+			// A missing SSH key Secret (or key in it) is the user's to fix: retrying
+			// changes nothing, and the Secret watch brings the next pass when it appears.
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+			markStalled(&m.Status.Conditions, m.Generation, reason, err.Error())
+			log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
+			return reconcile.Result{}, nil
 		}
-		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
-		markFailed(&m.Status.Conditions, m.Generation, reason, err.Error())
-		if errors.Is(err, ErrConfig) {
-			return reconcile.Result{}, nil // the Secret watch brings the next pass
-		}
+		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, ReasonHostUnreachable, err.Error())
+		markFailed(&m.Status.Conditions, m.Generation, ReasonHostUnreachable, err.Error())
 		return reconcile.Result{}, err
 	}
 	defer host.Close()
@@ -186,12 +193,12 @@ func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, ho
 	due := st.LastHardwareScanTime == nil || requested || r.now().Sub(st.LastHardwareScanTime.Time) >= r.factsInterval()
 	key := types.NamespacedName{Namespace: m.Namespace, Name: m.Name}
 	r.factsMu.Lock()
-	failedAt, failed := r.factsFailed[key]
+	last, failed := r.factsFailed[key]
 	r.factsMu.Unlock()
-	if !due || failed && !requested && r.now().Sub(failedAt) < factsRetry {
+	newRequest := requested && (!failed || last.rescan != rescan)
+	if !due || failed && !newRequest && r.now().Sub(last.at) < r.factsRetry() {
 		return
 	}
-	st.LastHandledRescanAt = rescan
 	report, err := host.Facts(ctx)
 	if err == nil {
 		err = r.storeFacts(ctx, m, report)
@@ -200,15 +207,18 @@ func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, ho
 	defer r.factsMu.Unlock()
 	if err != nil {
 		if r.factsFailed == nil {
-			r.factsFailed = map[types.NamespacedName]time.Time{}
+			r.factsFailed = map[types.NamespacedName]factsFailure{}
 		}
-		r.factsFailed[key] = r.now()
+		// The request stays pending (lastHandledRescanAt unchanged): it is retried
+		// after FactsRetry, and survives an operator restart.
+		r.factsFailed[key] = factsFailure{at: r.now(), rescan: rescan}
 		log.FromContext(ctx).Info("facts not collected", "error", err.Error())
 		r.event(m, corev1.EventTypeWarning, "FactsFailed", "CollectFacts", "collect facts: "+err.Error())
 		return
 	}
 	delete(r.factsFailed, key)
 	st.LastHardwareScanTime = &metav1.Time{Time: r.now()}
+	st.LastHandledRescanAt = rescan
 }
 
 // FactsConfigMapName is the ConfigMap holding a Machine's nixos-facter report.
@@ -262,7 +272,17 @@ func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Ma
 		r.event(m, corev1.EventTypeNormal, "CertificateRenewed", "RenewCertificate", "agent certificate renewed until "+newNotAfter.UTC().Format(time.RFC3339))
 	case !p.AgentReachable && p.SSHReachable:
 		present, err := host.AgentIdentityPresent(ctx)
-		if err != nil || present {
+		if err != nil {
+			// Without this check the agent never gets an identity, and nothing else
+			// would say why it stays unreachable.
+			msg := fmt.Sprintf("cannot tell whether the host holds the agent's TLS identity, so none is delivered: %v", err)
+			logger.Info("agent identity check failed", "error", err.Error())
+			r.event(m, corev1.EventTypeWarning, ReasonAgentIdentityFailed, "CheckIdentity", msg)
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentIdentityFailed,
+				errText(p.AgentError, "nio-agent does not answer")+"; "+msg)
+			return
+		}
+		if present {
 			return // an agent that has its identity but is down: SSH serves meanwhile
 		}
 		unlock, _, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "agent identity delivery")
@@ -276,10 +296,12 @@ func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Ma
 		}
 		if err != nil {
 			logger.Info("agent identity delivery failed", "error", err.Error())
-			r.event(m, corev1.EventTypeWarning, "AgentIdentityFailed", "DeliverIdentity", err.Error())
+			r.event(m, corev1.EventTypeWarning, ReasonAgentIdentityFailed, "DeliverIdentity", err.Error())
+			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentIdentityFailed,
+				errText(p.AgentError, "nio-agent does not answer")+"; delivering its TLS identity over SSH failed: "+err.Error())
 			return
 		}
-		r.event(m, corev1.EventTypeNormal, "AgentIdentityDelivered", "DeliverIdentity", "delivered the agent's TLS identity over SSH and restarted nio-agent")
+		r.event(m, corev1.EventTypeNormal, ReasonAgentIdentityDelivered, "DeliverIdentity", "delivered the agent's TLS identity over SSH and restarted nio-agent")
 	}
 }
 
@@ -301,6 +323,13 @@ func (r *MachineReconciler) probeInterval() time.Duration {
 		return r.ProbeInterval
 	}
 	return time.Minute
+}
+
+func (r *MachineReconciler) factsRetry() time.Duration {
+	if r.FactsRetry > 0 {
+		return r.FactsRetry
+	}
+	return 10 * time.Minute
 }
 
 func (r *MachineReconciler) factsInterval() time.Duration {

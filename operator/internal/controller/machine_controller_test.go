@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -140,5 +141,31 @@ func TestMachineAgentIdentityDelivered(t *testing.T) {
 			}
 		}
 		return errorf("events %+v", eventsOf(t, f.ns, "worker-01"))
+	})
+}
+
+// TestMachineAgentIdentityCheckFailureIsReported: when the host can't be asked over
+// SSH whether it holds the agent's identity, the Machine says so (AgentConnected's
+// reason and message, a Warning event) instead of silently never delivering one.
+func TestMachineAgentIdentityCheckFailureIsReported(t *testing.T) {
+	f := newFixture(t)
+	fleet := newFakeFleet()
+	fleet.host("worker-01").set(func(h *fakeHost) {
+		h.agentUp = false
+		h.identityErr = errors.New("sudo -n test -s /var/lib/nio-agent/tls/tls.crt: permission denied")
+	})
+	f.op = startOperator(t, f.ns, fleet, nil)
+	eventually(t, 20*time.Second, "identity check failure reported", func() error {
+		m := getMachine(t, f.ns, "worker-01")
+		c := condition(m.Status.Conditions, nio.ConditionAgentConnected)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != ReasonAgentIdentityFailed || !strings.Contains(c.Message, "permission denied") {
+			return errorf("AgentConnected = %+v", c)
+		}
+		for _, e := range eventsOf(t, f.ns, "worker-01") {
+			if e.Type == corev1.EventTypeWarning && e.Reason == ReasonAgentIdentityFailed && strings.Contains(e.Note, "permission denied") {
+				return nil
+			}
+		}
+		return errorf("no Warning %s event", ReasonAgentIdentityFailed)
 	})
 }

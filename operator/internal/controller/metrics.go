@@ -73,7 +73,7 @@ func (m *Metrics) forget(obj *nio.NixosConfiguration) {
 	m.LastApplied.DeleteLabelValues(obj.Namespace, obj.Name)
 }
 
-// RegisterSourceMetrics exposes the source cache's network counters.
+// RegisterSourceMetrics exposes the source cache's network counters and size.
 func RegisterSourceMetrics(reg prometheus.Registerer, c *source.Cache) {
 	reg.MustRegister(
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
@@ -82,5 +82,8 @@ func RegisterSourceMetrics(reg prometheus.Registerer, c *source.Cache) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "nio_git_fetch_total", Help: "Fetches from Git servers.",
 		}, func() float64 { return float64(c.Stats().Fetches) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nio_git_repositories", Help: "Repositories (per URL and credentials) the source cache holds.",
+		}, func() float64 { return float64(c.Stats().Repos) }),
 	)
 }

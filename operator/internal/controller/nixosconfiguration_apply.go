@@ -75,21 +75,26 @@ func (r *NixosConfigurationReconciler) decide(obj *nio.NixosConfiguration, m *ni
 	}
 	// The backoff doubles up to the poll interval, and to at least maxRetryBackoff:
 	// a short interval must not rebuild a broken commit every minute.
-	limit := max(r.interval(obj), maxRetryBackoff)
-	backoff := r.retryBase()
-	for i := 1; i < failures && backoff < limit; i++ {
-		backoff *= 2
-	}
-	backoff = min(backoff, limit)
+	wait := backoff(failures, r.retryBase(), max(r.interval(obj), maxRetryBackoff))
 	last := st.History[0]
 	end := last.StartTime.Time
 	if last.Duration != nil {
 		end = end.Add(last.Duration.Duration)
 	}
-	if wait := end.Add(backoff).Sub(r.now()); wait > 0 {
+	if wait := end.Add(wait).Sub(r.now()); wait > 0 {
 		return wait, ""
 	}
 	return 0, why
+}
+
+// backoff is the wait after failures consecutive failures: base, doubled per
+// further failure, never more than limit.
+func backoff(failures int, base, limit time.Duration) time.Duration {
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
 }
 
 func readyCondition(conds []metav1.Condition) *metav1.Condition {
@@ -283,6 +288,11 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 		SourceDigest: src.archive.Digest, Message: truncate(res.Message, 512),
 	}
 	r.Metrics.observeApply(obj, res, now.Sub(started))
+	// The pass ran the operation a requestedAt asked for (whatever its outcome: a
+	// failed build is retried with backoff, not forced again).
+	if at, ok := obj.Annotations[nio.RequestedAtAnnotation]; ok {
+		obj.Status.LastHandledRequestedAt = at
+	}
 
 	if res.Outcome != transport.OutcomeSucceeded {
 		entry.Result = nio.ResultFailed

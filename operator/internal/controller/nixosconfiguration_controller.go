@@ -109,15 +109,9 @@ func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.N
 	if err == nil {
 		return result, nil
 	}
-	var stalled stalledError
-	switch {
-	case errors.As(err, &stalled):
-		markStalled(&obj.Status.Conditions, obj.Generation, stalled.reason, stalled.Error())
-		log.FromContext(ctx).Info("stalled", "reason", stalled.reason, "message", stalled.Error())
-		return reconcile.Result{}, nil
-	case errors.Is(err, ErrConfig):
-		markStalled(&obj.Status.Conditions, obj.Generation, ReasonInvalidConfig, err.Error())
-		log.FromContext(ctx).Info("stalled", "reason", ReasonInvalidConfig, "message", err.Error())
+	if reason, ok := configReason(err); ok {
+		markStalled(&obj.Status.Conditions, obj.Generation, reason, err.Error())
+		log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
 		return reconcile.Result{}, nil
 	}
 	// An error whose reason the pass already put in Ready is retried as it is; any
@@ -127,6 +121,19 @@ func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.N
 		markFailed(&obj.Status.Conditions, obj.Generation, ReasonReconcileFailed, err.Error())
 	}
 	return reconcile.Result{}, err
+}
+
+// configReason tells whether err is a configuration error (a stalledError or one
+// marked ErrConfig), and its condition reason.
+func configReason(err error) (string, bool) {
+	var st stalledError
+	switch {
+	case errors.As(err, &st):
+		return st.reason, true
+	case errors.Is(err, ErrConfig):
+		return ReasonInvalidConfig, true
+	}
+	return "", false
 }
 
 // stalledError is a configuration error with a specific reason.
@@ -158,11 +165,11 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 		return reconcile.Result{}, err
 	}
 
-	force := false
-	if at, ok := obj.Annotations[nio.RequestedAtAnnotation]; ok && at != obj.Status.LastHandledRequestedAt {
-		force = true
-		obj.Status.LastHandledRequestedAt = at
-	}
+	// A request is recorded as handled only when an apply reaches an outcome (record):
+	// a pass that fails before (ls-remote, host unreachable, Machine busy) keeps it
+	// pending, so its retry is still forced.
+	at, requested := obj.Annotations[nio.RequestedAtAnnotation]
+	force := requested && at != obj.Status.LastHandledRequestedAt
 
 	src, err := r.resolve(ctx, obj, machine)
 	if err != nil {

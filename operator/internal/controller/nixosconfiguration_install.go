@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,6 +44,13 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
 	if obj.Status.FullInstallCompleted && !wantReinstall {
 		return true, reconcile.Result{}, nil
+	}
+	if !wantReinstall {
+		if next, ok := r.nextInstallAttempt(obj, src); ok && next.After(r.now()) {
+			msg := fmt.Sprintf("%s; next attempt after %s", installFailedMessage(obj), next.UTC().Format(time.RFC3339))
+			markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
+			return false, reconcile.Result{RequeueAfter: next.Sub(r.now())}, nil
+		}
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "install of "+obj.Name)
 	if !ok {
@@ -75,6 +83,49 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 		}
 	}
 	return r.runInstall(ctx, sw, obj, m, src, reinstall)
+}
+
+// maxInstallBackoff is the least a failing install's backoff may grow to. An install
+// attempt kexecs into an installer and may wipe disks: a host that cannot be
+// installed must not be put through that every interval.
+const maxInstallBackoff = time.Hour
+
+// nextInstallAttempt is when a failed install of these inputs may run again: the
+// backoff starts at RetryBase and doubles per consecutive failed install of the same
+// source, up to the interval or maxInstallBackoff, whichever is longer. It is read
+// from status.history, so a restarted operator keeps it. ok is false when nothing
+// holds the install back: no failure, new inputs (another commit or additional
+// file), or a spec change since the failure (the user may have fixed what failed).
+func (r *NixosConfigurationReconciler) nextInstallAttempt(obj *nio.NixosConfiguration, src *resolvedSource) (time.Time, bool) {
+	st := obj.Status
+	failures := 0
+	for _, h := range st.History {
+		if h.Transport != nio.TransportInstall || h.SourceDigest != src.archive.Digest || h.Result != nio.ResultFailed {
+			break
+		}
+		failures++
+	}
+	installed := meta.FindStatusCondition(st.Conditions, nio.ConditionInstalled)
+	if failures == 0 || installed == nil || installed.Reason != ReasonInstallFailed || installed.ObservedGeneration != obj.Generation {
+		return time.Time{}, false
+	}
+	// Status times are stored to the second, truncated: a second more keeps the
+	// wait at least the backoff.
+	last := st.History[0]
+	end := last.StartTime.Time.Add(time.Second)
+	if last.Duration != nil {
+		end = end.Add(last.Duration.Duration)
+	}
+	return end.Add(backoff(failures, r.retryBase(), max(r.interval(obj), maxInstallBackoff))), true
+}
+
+// installFailedMessage is the Installed condition's message (why it failed).
+func installFailedMessage(obj *nio.NixosConfiguration) string {
+	if c := meta.FindStatusCondition(obj.Status.Conditions, nio.ConditionInstalled); c != nil {
+		msg, _, _ := strings.Cut(c.Message, "; next attempt after ")
+		return msg
+	}
+	return "Install failed"
 }
 
 // installedAlready asks the host itself: our agent answering means NIO installed or
@@ -163,7 +214,8 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 		markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
 		r.event(obj, corev1.EventTypeWarning, ReasonInstallFailed, "Install", eventNote(msg, res.LogTail))
 		r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeFailed}, r.now().Sub(started))
-		return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+		next, _ := r.nextInstallAttempt(obj, src)
+		return false, reconcile.Result{RequeueAfter: max(next.Sub(r.now()), r.retryBase())}, nil
 	}
 
 	// nixos-anywhere installed the system of this commit: it is applied.

@@ -98,9 +98,9 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 func sourceError(err error) error {
 	switch {
 	case errors.Is(err, source.ErrAuth), errors.Is(err, source.ErrInvalidCredentials):
-		return stalledError{reason: "AuthenticationFailed", err: err}
+		return stalledError{reason: ReasonAuthFailed, err: err}
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrRefNotFound), errors.Is(err, source.ErrInvalidURL):
-		return stalledError{reason: "SourceNotFound", err: err}
+		return stalledError{reason: ReasonSourceNotFound, err: err}
 	}
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/singleflight"
 
@@ -14,13 +15,18 @@ import (
 )
 
 // Sources resolves refs and renders archives for the configurations. Rendered
-// archives are cached by repository, commit and additional files, so a fleet whose
-// configurations share a repository renders (and hashes) each commit once, and
-// concurrent renders of one archive coalesce.
+// archives are cached by repository and credentials (source.Repo.ID), commit and
+// additional files, so a fleet whose configurations share a repository and
+// credentials renders (and hashes) each commit once, and concurrent renders of one
+// archive coalesce. Configurations with other credentials (another namespace's
+// Secret, or none) never share an archive: they must fetch the tree themselves.
 type Sources struct {
 	Cache *source.Cache
 	// MaxArchives bounds the cache of rendered archives (default 64).
 	MaxArchives int
+	// RenderTimeout bounds one render (fetch, tree read, pack) shared by every
+	// caller waiting for it (default 10 minutes).
+	RenderTimeout time.Duration
 
 	group singleflight.Group
 	mu    sync.Mutex
@@ -42,16 +48,22 @@ func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error
 	return repo, nil
 }
 
-// Render returns the archive of commit plus files.
+// Render returns the archive of commit plus files. Concurrent calls for one archive
+// share one render, which runs on its own deadline: a caller that gives up (its pass
+// cancelled) returns at once without failing the others.
 func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File) (render.Archive, error) {
-	key := archiveKey(repo.String(), commit, files)
+	key := archiveKey(repo.ID(), commit, files)
 	if a, ok := s.cached(key); ok {
 		return a, nil
 	}
-	v, err, _ := s.group.Do(key, func() (any, error) {
+	ch := s.group.DoChan(key, func() (any, error) {
 		if a, ok := s.cached(key); ok {
 			return a, nil
 		}
+		// Detached from the first caller's cancellation (its values, e.g. the
+		// logger, are kept): the render is everyone's who waits for it.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.renderTimeout())
+		defer cancel()
 		tree, err := repo.Tree(ctx, commit)
 		if err != nil {
 			return nil, err
@@ -63,10 +75,22 @@ func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, 
 		s.store(key, a)
 		return a, nil
 	})
-	if err != nil {
-		return render.Archive{}, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return render.Archive{}, res.Err
+		}
+		return res.Val.(render.Archive), nil
+	case <-ctx.Done():
+		return render.Archive{}, fmt.Errorf("render %s: %w", shortCommit(commit), ctx.Err())
 	}
-	return v.(render.Archive), nil
+}
+
+func (s *Sources) renderTimeout() time.Duration {
+	if s.RenderTimeout > 0 {
+		return s.RenderTimeout
+	}
+	return 10 * time.Minute
 }
 
 func (s *Sources) cached(key string) (render.Archive, bool) {
@@ -97,13 +121,13 @@ func (s *Sources) store(key string, a render.Archive) {
 	s.order = append(s.order, key)
 }
 
-// archiveKey identifies an archive by its inputs. The files' contents are hashed, so
-// the key holds no secret.
-func archiveKey(repo, commit string, files []render.File) string {
+// archiveKey identifies an archive by its inputs: repoID names the repository with
+// its credentials. The files' contents are hashed, so the key holds no secret.
+func archiveKey(repoID, commit string, files []render.File) string {
 	h := sha256.New()
 	for _, f := range files {
 		fmt.Fprintf(h, "%q %t %d\n", f.Path, f.FromSecret, len(f.Content))
 		h.Write(f.Content)
 	}
-	return repo + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
+	return repoID + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
 }

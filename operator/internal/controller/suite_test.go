@@ -84,9 +84,19 @@ func newNamespace(t *testing.T) string { return env.Namespace(t, "ctrl") }
 // startOperator runs the controllers until the test ends (or stop is called).
 func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
 	t.Helper()
+	return startOperatorIn(t, []string{ns}, fleet, installer, sourceOpts...)
+}
+
+// startOperatorIn is startOperator watching several namespaces (one source cache).
+func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+	t.Helper()
+	// Each test's operator sees its own namespaces only: earlier tests' objects stay.
+	watched := map[string]cache.Config{}
+	for _, ns := range namespaces {
+		watched[ns] = cache.Config{}
+	}
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		// Each test's operator sees its own namespace only: earlier tests' objects stay.
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
+		Cache:                  cache.Options{DefaultNamespaces: watched},
 		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -127,7 +137,7 @@ func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeIns
 		t.Fatal(err)
 	}
 	mr := &MachineReconciler{Client: mgr.GetClient(), Recorder: rec, Hosts: fleet, Locks: locks, PKI: issuer, Metrics: metrics,
-		ProbeInterval: 2 * time.Second}
+		ProbeInterval: 2 * time.Second, FactsRetry: 3 * time.Second}
 	if err := mr.SetupWithManager(ctx, mgr, 4); err != nil {
 		t.Fatal(err)
 	}

@@ -67,7 +67,9 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, er
 		cfg.DialTimeout = f.SSH.DialTimeout
 		s, err := transport.NewSSH(cfg)
 		if err != nil {
-			return nil, fmt.Errorf("ssh transport for Machine %s: %w", m.Name, err)
+			// An unparsable key in the Secret, or a malformed pinned or recorded host
+			// key: the user's to fix, so the pass stalls instead of retrying.
+			return nil, fmt.Errorf("ssh transport for Machine %s: %w: %w", m.Name, controller.ErrConfig, err)
 		}
 		h.ssh = s
 	}

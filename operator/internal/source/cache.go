@@ -12,7 +12,9 @@
 //
 // Storage: in memory by default; on disk under Options.Dir when set, one bare
 // repository per URL+credentials, so a restarted operator does not fetch again.
-// Objects are never pruned; the cache grows with the commits it has fetched.
+// Objects are not pruned while a repository is in use; a repository unused for
+// Options.IdleTimeout is forgotten — refs, objects and directory — so repositories
+// no configuration names any more (or credentials rotated away) do not pile up.
 package source
 
 import (
@@ -52,6 +54,11 @@ type Options struct {
 	Timeout time.Duration
 	// Logger receives V(1) lines for network calls; URLs are logged redacted.
 	Logger logr.Logger
+	// IdleTimeout is how long a repository may go unused (no Repo lookup, Resolve
+	// or Tree) before the cache forgets it; default 1 hour. A configuration polling
+	// less often than that fetches its commit again on its next poll (a shallow
+	// fetch), which costs less than holding every repository ever named.
+	IdleTimeout time.Duration
 }
 
 // Stats counts what a Cache did, for metrics.
@@ -65,6 +72,10 @@ type Stats struct {
 	// ResolvesCached counts Resolve calls answered from an ls-remote younger than
 	// MinInterval.
 	ResolvesCached int64
+	// Repos is the number of repositories held now.
+	Repos int
+	// Evicted counts repositories forgotten after IdleTimeout unused.
+	Evicted int64
 }
 
 // Cache holds Repos; it is safe for concurrent use.
@@ -74,8 +85,13 @@ type Cache struct {
 
 	mu    sync.Mutex
 	repos map[string]*Repo
+	// swept is when idle repositories were last looked for.
+	swept time.Time
 
-	lsRemotes, fetches, shared, cached atomic.Int64
+	lsRemotes, fetches, shared, cached, evicted atomic.Int64
+
+	// now is the clock (tests move it to age repositories).
+	now func() time.Time
 
 	// onJoin, when set (tests only), runs when a Resolve joins an ls-remote in flight.
 	onJoin func()
@@ -89,12 +105,15 @@ func NewCache(opts Options) (*Cache, error) {
 	if opts.Timeout <= 0 {
 		opts.Timeout = 2 * time.Minute
 	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = time.Hour
+	}
 	// go-git's file:// transport runs git-upload-pack; its in-process server reads
 	// the repository itself, so file:// works without a git binary.
 	installFileTransport.Do(func() {
 		client.InstallProtocol("file", server.NewClient(server.NewFilesystemLoader(osfs.New(""))))
 	})
-	c := &Cache{opts: opts, repos: map[string]*Repo{}}
+	c := &Cache{opts: opts, repos: map[string]*Repo{}, now: time.Now}
 	var err error
 	if opts.Dir == "" {
 		c.hmacKey = make([]byte, 32)
@@ -137,9 +156,13 @@ func loadOrCreateKey(dir string) ([]byte, error) {
 
 // Stats returns the counters.
 func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	repos := len(c.repos)
+	c.mu.Unlock()
 	return Stats{
 		LsRemotes: c.lsRemotes.Load(), Fetches: c.fetches.Load(),
 		ResolvesShared: c.shared.Load(), ResolvesCached: c.cached.Load(),
+		Repos: repos, Evicted: c.evicted.Load(),
 	}
 }
 
@@ -157,7 +180,9 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 	key := rawURL + "\x00" + creds.fingerprint(c.hmacKey)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sweepLocked()
 	if r, ok := c.repos[key]; ok {
+		r.touch()
 		return r, nil
 	}
 	// Only a valid pair gets an entry, so a hit needs no second check.
@@ -165,8 +190,9 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), err)
 	}
+	sum := sha256.Sum256([]byte(key))
 	r := &Repo{
-		cache: c, url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
+		cache: c, id: hex.EncodeToString(sum[:16]), url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
 		secrets: append(creds.secrets(), urlSecrets(rawURL)...),
 		// A shallow fetch needs server support; the in-process file:// server has none.
 		shallow: ep.Protocol != "file",
@@ -175,16 +201,47 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 		r.localPath = ep.Path
 	}
 	if c.opts.Dir != "" {
-		sum := sha256.Sum256([]byte(key))
-		r.dir = filepath.Join(c.opts.Dir, hex.EncodeToString(sum[:16])+".git")
+		r.dir = filepath.Join(c.opts.Dir, r.id+".git")
 	}
+	r.touch()
 	c.repos[key] = r
 	return r, nil
 }
 
+// sweepLocked forgets the repositories unused for IdleTimeout, at most once per
+// tenth of it (the lookups of a large fleet must not each walk the map). Callers
+// hold c.mu.
+func (c *Cache) sweepLocked() {
+	now := c.now()
+	idle := c.opts.IdleTimeout
+	if now.Sub(c.swept) < idle/10 {
+		return
+	}
+	c.swept = now
+	for key, r := range c.repos {
+		if now.Sub(time.Unix(0, r.lastUsed.Load())) < idle {
+			continue
+		}
+		// Released here, before a new entry for the key can reuse its directory. A
+		// repository whose store is busy (a fetch started by a caller holding an old
+		// handle) is in use after all; the next sweep looks again.
+		if !r.store.mu.TryLock() {
+			continue
+		}
+		r.releaseLocked()
+		r.store.mu.Unlock()
+		delete(c.repos, key)
+		c.evicted.Add(1)
+		c.opts.Logger.V(1).Info("forget idle repository", "repo", r.redacted)
+	}
+}
+
 // Repo is one repository reached with one set of credentials; safe for concurrent use.
 type Repo struct {
-	cache    *Cache
+	cache *Cache
+	// id names the URL+credentials pair without revealing either (a hash of the URL
+	// and the credentials' keyed fingerprint).
+	id       string
 	url      string
 	redacted string
 	auth     transport.AuthMethod
@@ -194,6 +251,9 @@ type Repo struct {
 	shallow  bool
 	// localPath is the directory of a file:// repository, read directly for refs.
 	localPath string
+
+	// lastUsed is when the repository was last looked up or read (Unix nanoseconds).
+	lastUsed atomic.Int64
 
 	lsMu     sync.Mutex
 	refs     map[string]string // ref name → commit (annotated tags peeled)
@@ -216,16 +276,53 @@ type lsCall struct {
 // String is the redacted URL.
 func (r *Repo) String() string { return r.redacted }
 
+func (r *Repo) touch() { r.lastUsed.Store(r.cache.now().UnixNano()) }
+
+// releaseLocked drops what an evicted repository holds: its objects (memory or
+// directory) and its refs. Callers hold r.store.mu. A Repo is meant to be used right
+// after Cache.Repo returns it, not kept: one used after eviction still works (its
+// storage opens again, empty, and Tree fetches) but no longer shares with others.
+func (r *Repo) releaseLocked() {
+	r.store.storer = nil
+	if r.dir != "" {
+		if err := os.RemoveAll(r.dir); err != nil {
+			r.cache.opts.Logger.Info("remove idle repository", "repo", r.redacted, "error", err.Error())
+		}
+	}
+	r.lsMu.Lock()
+	r.refs, r.listedAt = nil, time.Time{}
+	r.lsMu.Unlock()
+}
+
+// ID identifies the repository together with the credentials it is reached with: two
+// Repos have the same ID only if they have the same URL and equal credentials. Caches
+// of what a Repo produced (rendered archives) key on it, so a configuration whose
+// credentials differ never gets what another's credentials fetched. It holds no
+// secret and may be logged.
+func (r *Repo) ID() string { return r.id }
+
 var fullHash = regexp.MustCompile(`^[0-9a-fA-F]{40}$`)
 
 // Resolve returns the full commit hash ref names now: a branch (`main` or
 // `refs/heads/main`), a tag (annotated tags are peeled to their commit), `HEAD`, or
-// a full 40-hex commit, which is returned as is without asking the server (Tree
-// reports ErrRefNotFound if the repository lacks it). A name that is both a branch
-// and a tag resolves to the branch.
+// a full 40-hex commit. A name that is both a branch and a tag resolves to the branch.
+//
+// A full commit is returned as is, but only once these credentials have shown they
+// can read the repository: either this Repo already fetched the commit (with its own
+// credentials), or a listing succeeds (shared and reused like any other). Otherwise
+// a caller without access to a private repository would be told its commit resolves
+// (Tree reports ErrRefNotFound if the repository lacks the commit).
 func (r *Repo) Resolve(ctx context.Context, ref string) (string, error) {
+	r.touch()
 	if fullHash.MatchString(ref) {
-		return strings.ToLower(ref), nil
+		commit := strings.ToLower(ref)
+		if r.Has(commit) {
+			return commit, nil
+		}
+		if _, err := r.listRefs(ctx); err != nil {
+			return "", fmt.Errorf("resolve %s: %w", commit, err)
+		}
+		return commit, nil
 	}
 	if ref == "" {
 		return "", fmt.Errorf("resolve in %s: %w: empty ref", r.redacted, ErrRefNotFound)

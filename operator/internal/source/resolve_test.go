@@ -37,6 +37,14 @@ func TestResolveBranchTagAndCommitOverBasicBearerAndFile(t *testing.T) {
 				t.Fatalf("annotated tag resolved to the tag object, not its commit")
 			}
 
+			if got := resolve(t, r, first); got != first {
+				t.Fatalf("Resolve(commit) = %s, want %s", got, first)
+			}
+			files := tree(t, r, first)
+			if string(files["hosts/a.nix"].Content) != "a" || len(files) != 2 {
+				t.Fatalf("tree of first commit: %v", files)
+			}
+			// Once fetched with these credentials, a pinned commit needs no listing.
 			var before int
 			if s.srv != nil {
 				before = s.srv.Count(gittest.LsRemote)
@@ -45,12 +53,7 @@ func TestResolveBranchTagAndCommitOverBasicBearerAndFile(t *testing.T) {
 				t.Fatalf("Resolve(commit) = %s, want %s", got, first)
 			}
 			if s.srv != nil && s.srv.Count(gittest.LsRemote) != before {
-				t.Fatalf("resolving a full commit asked the server")
-			}
-
-			files := tree(t, r, first)
-			if string(files["hosts/a.nix"].Content) != "a" || len(files) != 2 {
-				t.Fatalf("tree of first commit: %v", files)
+				t.Fatalf("resolving a commit already fetched asked the server")
 			}
 		})
 	}
@@ -439,6 +442,94 @@ func TestAccessTokenIsBasicAuthPassword(t *testing.T) {
 		}
 		if got := resolve(t, openRepo(t, newCache(t, Options{}), repo.URL(), secret), "main"); got != head {
 			t.Errorf("user %q: resolved %s, want %s", user, got, head)
+		}
+	}
+}
+
+// TestPinnedCommitIsCheckedWithTheRepositorysOwnCredentials: a full commit hash is
+// not proof of access. A Repo reached without the token must not resolve a private
+// repository's commit, nor read its tree, even after another Repo with the token
+// fetched it.
+func TestPinnedCommitIsCheckedWithTheRepositorysOwnCredentials(t *testing.T) {
+	s := basicServer(t)
+	repo := s.newRepo(t, "private")
+	commit := repo.CommitFiles(t, map[string]string{"secret.nix": "{ }"}, "private")
+	c := newCache(t, Options{MinInterval: time.Hour})
+	owner := openRepo(t, c, repo.URL(), s.secret)
+	if got := resolve(t, owner, commit); got != commit {
+		t.Fatalf("Resolve with the token = %s, want %s", got, commit)
+	}
+	tree(t, owner, commit)
+
+	for name, secret := range map[string]map[string][]byte{
+		"anonymous": nil,
+		"wrong":     {"username": []byte("fleet"), "password": []byte("not-the-password")},
+	} {
+		other := openRepo(t, c, repo.URL(), secret)
+		if other.ID() == owner.ID() {
+			t.Fatalf("%s: ID equals the token's Repo's ID", name)
+		}
+		_, err := other.Resolve(ctx(t), commit)
+		wantErr(t, err, ErrAuth)
+		_, err = other.Tree(ctx(t), commit)
+		wantErr(t, err, ErrAuth)
+	}
+	if again := openRepo(t, c, repo.URL(), s.secret); again.ID() != owner.ID() {
+		t.Fatalf("equal credentials got another ID")
+	}
+}
+
+// TestIdleRepositoriesAreForgotten: a repository nobody looked up or read for
+// IdleTimeout is dropped with its objects (in memory, or its directory under Dir),
+// while one in use stays; looked up again it starts empty and fetches.
+func TestIdleRepositoriesAreForgotten(t *testing.T) {
+	for _, onDisk := range []bool{false, true} {
+		srv := gittest.NewServer(t, gittest.Options{AllowSHA1InWant: true})
+		old := srv.NewRepo(t, "old")
+		oldCommit := old.CommitFiles(t, map[string]string{"v": "old"}, "old")
+		live := srv.NewRepo(t, "live")
+		liveCommit := live.CommitFiles(t, map[string]string{"v": "live"}, "live")
+		opts := Options{IdleTimeout: time.Hour}
+		if onDisk {
+			opts.Dir = t.TempDir()
+		}
+		c := newCache(t, opts)
+		now := time.Now()
+		c.now = func() time.Time { return now }
+
+		oldRepo := openRepo(t, c, old.URL(), nil)
+		tree(t, oldRepo, oldCommit)
+		liveRepo := openRepo(t, c, live.URL(), nil)
+		tree(t, liveRepo, liveCommit)
+		if onDisk {
+			if _, err := os.Stat(oldRepo.dir); err != nil {
+				t.Fatalf("on disk: no directory for the repository: %v", err)
+			}
+		}
+
+		now = now.Add(40 * time.Minute)
+		tree(t, liveRepo, liveCommit) // in use
+		now = now.Add(30 * time.Minute)
+		openRepo(t, c, live.URL(), nil) // a lookup sweeps
+
+		if st := c.Stats(); st.Repos != 1 || st.Evicted != 1 {
+			t.Fatalf("onDisk=%v: stats %+v, want the idle repository forgotten and the live one kept", onDisk, st)
+		}
+		if again := openRepo(t, c, live.URL(), nil); again != liveRepo || !again.Has(liveCommit) {
+			t.Fatalf("onDisk=%v: the repository in use lost its entry or objects", onDisk)
+		}
+		if onDisk {
+			if _, err := os.Stat(oldRepo.dir); !os.IsNotExist(err) {
+				t.Fatalf("the idle repository's directory is still there (%v)", err)
+			}
+		}
+		fetches := srv.Count(gittest.Fetch)
+		back := openRepo(t, c, old.URL(), nil)
+		if back == oldRepo || back.Has(oldCommit) {
+			t.Fatalf("onDisk=%v: the forgotten repository came back with its objects", onDisk)
+		}
+		if got := string(tree(t, back, oldCommit)["v"].Content); got != "old" || srv.Count(gittest.Fetch) == fetches {
+			t.Fatalf("onDisk=%v: tree after eviction %q, fetches %d -> %d", onDisk, got, fetches, srv.Count(gittest.Fetch))
 		}
 	}
 }

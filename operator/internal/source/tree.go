@@ -70,6 +70,7 @@ func (r *Repo) Tree(ctx context.Context, commit string) ([]Entry, error) {
 		return nil, fmt.Errorf("tree of %q in %s: %w: not a full commit hash", commit, r.redacted, ErrRefNotFound)
 	}
 	commit = strings.ToLower(commit)
+	r.touch()
 	r.store.mu.Lock()
 	defer r.store.mu.Unlock()
 	s, err := r.ensure(ctx, commit)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,8 +80,9 @@ type SSH struct {
 	signer ssh.Signer
 	pinned ssh.PublicKey
 
-	mu   sync.Mutex
-	seen string
+	mu       sync.Mutex
+	seen     string
+	seenType string
 }
 
 var _ Transport = (*SSH)(nil)
@@ -158,7 +160,7 @@ func (s *SSH) SeenHostKeyFingerprint() string {
 func (s *SSH) checkHostKey(_ string, _ net.Addr, key ssh.PublicKey) error {
 	fp := ssh.FingerprintSHA256(key)
 	s.mu.Lock()
-	s.seen = fp
+	s.seen, s.seenType = fp, key.Type()
 	s.mu.Unlock()
 	switch {
 	case s.pinned != nil:
@@ -176,18 +178,77 @@ func (s *SSH) checkHostKey(_ string, _ net.Addr, key ssh.PublicKey) error {
 
 func (s *SSH) addr() string { return net.JoinHostPort(s.cfg.Host, strconv.Itoa(s.cfg.Port)) }
 
+// preferredHostKeyAlgorithms is the order host keys are asked for when none is
+// pinned, strongest first. x/crypto/ssh's default order puts ECDSA and RSA before
+// ed25519, so a host with both would have its RSA key recorded on first contact.
+// ssh-rsa (SHA-1 signatures) is left out: every OpenSSH since 7.2 signs with SHA-2.
+var preferredHostKeyAlgorithms = []string{
+	ssh.KeyAlgoED25519,
+	ssh.KeyAlgoECDSA521, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA256,
+	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256,
+}
+
+// hostKeyFamilies are the key types a host may hold one key of each, as algorithm
+// lists that make it present that key.
+var hostKeyFamilies = [][]string{
+	{ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256},
+	{ssh.KeyAlgoECDSA521, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA256},
+	{ssh.KeyAlgoED25519},
+}
+
+// presents reports whether asking for algos can show a key of keyType (an RSA key's
+// type is ssh-rsa whatever hash signs with it).
+func presents(algos []string, keyType string) bool {
+	return slices.Contains(algos, keyType) || keyType == ssh.KeyAlgoRSA && slices.Contains(algos, ssh.KeyAlgoRSASHA256)
+}
+
 // connect dials and authenticates. The connection is closed when ctx ends, which
 // also ends every session on it.
+//
+// A recorded fingerprint may name a key of a weaker type than the one the host
+// offers first (recorded by an older operator, or before the host got an ed25519
+// key). The host then presented another key than the recorded one; it is asked again
+// for each other key type, and is trusted if it proves it holds the recorded key.
+// Only a host that presents no key matching the recording is a mismatch.
 func (s *SSH) connect(ctx context.Context) (*sshConn, error) {
-	cc := &ssh.ClientConfig{
-		User:            s.cfg.User,
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(s.signer)},
-		HostKeyCallback: s.checkHostKey,
-		Timeout:         s.cfg.DialTimeout,
-	}
 	if s.pinned != nil {
 		// Ask for the pinned key's type, so a host with several keys shows that one.
-		cc.HostKeyAlgorithms = hostKeyAlgorithms(s.pinned.Type())
+		return s.dial(ctx, hostKeyAlgorithms(s.pinned.Type()))
+	}
+	c, err := s.dial(ctx, preferredHostKeyAlgorithms)
+	var mismatch *HostKeyMismatchError
+	if err == nil || s.cfg.HostKeyFingerprint == "" || !errors.As(err, &mismatch) {
+		return c, err
+	}
+	s.mu.Lock()
+	shownType := s.seenType
+	s.mu.Unlock()
+	for _, family := range hostKeyFamilies {
+		if presents(family, shownType) {
+			continue
+		}
+		// A host without a key of this type fails the handshake: no such key to match.
+		if c, ferr := s.dial(ctx, family); ferr == nil {
+			return c, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	s.mu.Lock()
+	s.seen, s.seenType = mismatch.Got, shownType
+	s.mu.Unlock()
+	return nil, err
+}
+
+// dial connects asking the host for a key of one of algos.
+func (s *SSH) dial(ctx context.Context, algos []string) (*sshConn, error) {
+	cc := &ssh.ClientConfig{
+		User:              s.cfg.User,
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(s.signer)},
+		HostKeyCallback:   s.checkHostKey,
+		HostKeyAlgorithms: algos,
+		Timeout:           s.cfg.DialTimeout,
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()

@@ -18,6 +18,7 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/testkit/sshtest"
+	"golang.org/x/crypto/ssh"
 )
 
 // finishSource closes the archive writers and returns the archive as a Source.
@@ -573,5 +574,39 @@ func TestSSHFileExistsTellsPresentFromAbsent(t *testing.T) {
 	}
 	if _, err := os.Stat(present + ".pwned"); err == nil {
 		t.Error("the path was run as a command")
+	}
+}
+
+// TestSSHFirstContactRecordsTheStrongestHostKey: a host with both an RSA and an
+// ed25519 host key is recorded by its ed25519 key on first contact (x/crypto/ssh's
+// default order would pick RSA), and a Machine whose recorded fingerprint is the RSA
+// key's (recorded before) still connects, while a fingerprint of neither key is a
+// mismatch naming the ed25519 key.
+func TestSSHFirstContactRecordsTheStrongestHostKey(t *testing.T) {
+	t.Parallel()
+	h := startSSHHost(t, sshtest.Options{RSAHostKey: true})
+	ed25519FP, rsaFP := h.HostKeyFingerprint(), ssh.FingerprintSHA256(h.RSAHostKey())
+	tofu := h.transport(t, func(c *SSHConfig) { c.HostKey = "" })
+	if p := tofu.Probe(context.Background()); !p.SSHReachable || p.SSHHostKeyFingerprint != ed25519FP {
+		t.Fatalf("first contact recorded %q (reachable %v, %v); want the ed25519 key %s, not the RSA key %s",
+			p.SSHHostKeyFingerprint, p.SSHReachable, p.SSHError, ed25519FP, rsaFP)
+	}
+
+	legacy := h.transport(t, func(c *SSHConfig) { c.HostKey, c.HostKeyFingerprint = "", rsaFP })
+	if _, err := legacy.Status(context.Background()); err != nil {
+		t.Fatalf("recorded RSA fingerprint refused: %v", err)
+	}
+	pinnedRSA := h.transport(t, func(c *SSHConfig) {
+		c.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(h.RSAHostKey())))
+	})
+	if _, err := pinnedRSA.Status(context.Background()); err != nil {
+		t.Fatalf("pinned RSA key refused: %v", err)
+	}
+
+	other := h.transport(t, func(c *SSHConfig) { c.HostKey, c.HostKeyFingerprint = "", "SHA256:"+strings.Repeat("A", 43) })
+	_, err := other.Status(context.Background())
+	var mm *HostKeyMismatchError
+	if !errors.As(err, &mm) || mm.Got != ed25519FP || other.SeenHostKeyFingerprint() != ed25519FP {
+		t.Fatalf("unknown fingerprint: %v (seen %s); want a mismatch naming %s", err, other.SeenHostKeyFingerprint(), ed25519FP)
 	}
 }
