@@ -75,11 +75,14 @@ nix-check: deps
 unit:
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 
-## e2e: the end-to-end suite of real processes (as root, about 2 minutes): the usage
-## guide with kubectl, install.sh, the operator as its ServiceAccount, a demo host with
-## sshd, nio-agent and Nix; it also runs the demo with DEMO_EXIT=1.
+## e2e: the end-to-end suites of real processes (as root, about 4 minutes), one after
+## the other: operator/test/e2e — the usage guide with kubectl, install.sh, the
+## operator as its ServiceAccount, a demo host with sshd, nio-agent and Nix, and the
+## demo with DEMO_EXIT=1; operator/test/systemdhost — the same control plane and
+## operator against a host with real systemd as PID 1 and Nix 2.26 (bin/systemd-host
+## under systemd-nspawn), nio-agent running as the NixOS module's unit.
 e2e: deps k8s systemd-host
-	$(GO) test -tags e2e -count=1 -timeout 15m ./operator/test/e2e/
+	$(GO) test -tags e2e -count=1 -p 1 -timeout 25m ./operator/test/e2e/ ./operator/test/systemdhost/
 
 ## demo: the usage guide for real on this machine (as root): control plane, install.sh,
 ## the operator as its ServiceAccount, one demo host; Ctrl-C cleans up. DEMO_EXIT=1
