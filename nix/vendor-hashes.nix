@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-cS5Jk6uDtloSfRqcdCGQpyNuc/B2aMXLu6N5GZFROzo=";
-  operator = "sha256-+MQVZT2vuqy2C1TAbsIIP5VqKwut/9EJByoQxKT/pks=";
+  agent = "sha256-a0LE8NjF97cagAXlUyzpfd4kh/aiPknBVtdVcLGHC0A=";
+  operator = "sha256-lviirL5TAt3/HOXDIxwEg5df4qbWRXgqZGbaTbT4o60=";
 }
