@@ -13,9 +13,9 @@ import (
 	"time"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"github.com/homystack/nio/operator/test/harness"
 	"github.com/homystack/nio/testkit/nixtest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // The systemd-host fixture's variable files (testkit/nixtest/flakes/systemd-host).
