@@ -148,15 +148,19 @@ func TestUsageGuideFlow(t *testing.T) {
 		c.Status.History[0].Result != nio.ResultSucceeded || c.Status.History[0].Transport != nio.TransportAgent {
 		t.Fatalf("history = %+v, want the second then the first commit, both succeeded", c.Status.History)
 	}
-	var applied int
-	for _, e := range eventsOf(t, f.ns, "worker-config") {
-		if e.Reason == "Applied" && e.Type == corev1.EventTypeNormal && strings.Contains(e.Note, "main@sha1:") {
-			applied++
+	// Events are recorded asynchronously: the second may land after the status.
+	eventually(t, 30*time.Second, "an Applied event with the revision per commit", func() error {
+		var applied int
+		for _, e := range eventsOf(t, f.ns, "worker-config") {
+			if e.Reason == "Applied" && e.Type == corev1.EventTypeNormal && strings.Contains(e.Note, "main@sha1:") {
+				applied++
+			}
 		}
-	}
-	if applied < 2 {
-		t.Errorf("want an Applied event with the revision per commit, got %d", applied)
-	}
+		if applied < 2 {
+			return fmt.Errorf("%d Applied events", applied)
+		}
+		return nil
+	})
 	m2 := f.op.metrics
 	if n := testutil.ToFloat64(m2.Applies.WithLabelValues("Succeeded", "agent")); n != 2 {
 		t.Errorf("nio_applies_total{Succeeded,agent} = %v, want 2", n)

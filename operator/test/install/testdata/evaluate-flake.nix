@@ -45,5 +45,5 @@ in
   minimal = report (builtins.concatMap flatten outputs.nixosConfigurations.minimal.modules);
   # onRemoveFlake: "hosts/minimal.nix" evaluates the file alone, outside the flake.
   minimalFile = report (flatten (dir + "/hosts/minimal.nix"));
-  agentOptions = builtins.attrNames (agentModule { config = { }; lib = stubLib; pkgs = { }; }).options.services.nio-agent;
+  agentOptions = builtins.attrNames (agentModule { config = { }; lib = stubLib; pkgs = { }; utils = { }; }).options.services.nio-agent;
 }
