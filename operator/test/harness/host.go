@@ -252,23 +252,44 @@ func (h *Host) writeFiles() error {
 }
 
 func (h *Host) writeKeys() error {
-	clientPEM, client, err := newSSHKey()
+	k, err := newHostKeys(h.path("operator-ssh-key"))
 	if err != nil {
 		return err
 	}
-	h.SSHKeyPath = h.path("operator-ssh-key")
-	if err := os.WriteFile(h.SSHKeyPath, clientPEM, 0o600); err != nil {
+	h.SSHKeyPath, h.HostKey = k.operatorKeyPath, k.hostKey
+	if err := os.WriteFile(h.path("etc", "authorized_keys"), k.authorizedKey, 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(h.path("etc", "authorized_keys"), ssh.MarshalAuthorizedKey(client.PublicKey()), 0o644); err != nil {
-		return err
+	return os.WriteFile(h.path("etc", "ssh_host_ed25519_key"), k.hostPEM, 0o600)
+}
+
+// hostKeys are a test host's SSH keys: the operator's (its private key written to
+// operatorKeyPath, its public key for authorized_keys) and sshd's host key.
+type hostKeys struct {
+	operatorKeyPath string
+	authorizedKey   []byte
+	hostPEM         []byte
+	hostKey         string // `ssh-ed25519 AAAA…`
+}
+
+func newHostKeys(operatorKeyPath string) (hostKeys, error) {
+	clientPEM, client, err := newSSHKey()
+	if err != nil {
+		return hostKeys{}, err
+	}
+	if err := os.WriteFile(operatorKeyPath, clientPEM, 0o600); err != nil {
+		return hostKeys{}, err
 	}
 	hostPEM, host, err := newSSHKey()
 	if err != nil {
-		return err
+		return hostKeys{}, err
 	}
-	h.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(host.PublicKey())))
-	return os.WriteFile(h.path("etc", "ssh_host_ed25519_key"), hostPEM, 0o600)
+	return hostKeys{
+		operatorKeyPath: operatorKeyPath,
+		authorizedKey:   ssh.MarshalAuthorizedKey(client.PublicKey()),
+		hostPEM:         hostPEM,
+		hostKey:         strings.TrimSpace(string(ssh.MarshalAuthorizedKey(host.PublicKey()))),
+	}, nil
 }
 
 // createNamespace makes the demo host's network namespace (see createNetns).

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/crypto/ssh"
 )
 
 // The systemd test host's fixed paths (inside the host).
@@ -131,19 +129,11 @@ func (h *SystemdHost) path(elem ...string) string {
 func (h *SystemdHost) Path(path string) string { return filepath.Join(h.root, path) }
 
 func (h *SystemdHost) writeFiles(o SystemdHostOptions) error {
-	clientPEM, client, err := newSSHKey()
+	k, err := newHostKeys(h.path("operator-ssh-key"))
 	if err != nil {
 		return err
 	}
-	h.SSHKeyPath = h.path("operator-ssh-key")
-	if err := os.WriteFile(h.SSHKeyPath, clientPEM, 0o600); err != nil {
-		return err
-	}
-	hostPEM, host, err := newSSHKey()
-	if err != nil {
-		return err
-	}
-	h.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(host.PublicKey())))
+	h.SSHKeyPath, h.HostKey = k.operatorKeyPath, k.hostKey
 	agent, err := os.ReadFile(o.AgentBinary)
 	if err != nil {
 		return err
@@ -153,8 +143,8 @@ func (h *SystemdHost) writeFiles(o SystemdHostOptions) error {
 		mode os.FileMode
 		data []byte
 	}{
-		{"/root/.ssh/authorized_keys", 0o600, ssh.MarshalAuthorizedKey(client.PublicKey())},
-		{"/etc/ssh/ssh_host_ed25519_key", 0o600, hostPEM},
+		{"/root/.ssh/authorized_keys", 0o600, k.authorizedKey},
+		{"/etc/ssh/ssh_host_ed25519_key", 0o600, k.hostPEM},
 		{"/etc/ssh/ssh_host_ed25519_key.pub", 0o644, []byte(h.HostKey + "\n")},
 		{SystemdHostAgentBinary, 0o755, agent},
 		{SystemdHostFacter, 0o755, []byte(facterStandIn)},
