@@ -34,6 +34,11 @@ const (
 	ReasonSSHKeyMissing     = "SSHKeyMissing"
 	ReasonDependencyPending = "DependencyNotReady"
 	ReasonReconcileFailed   = "ReconciliationFailed"
+	// A secretRef file's path is a file or directory of the source (or the source
+	// has its own nio-secrets.nix).
+	ReasonSecretPathConflict = "SecretPathConflict"
+	// The secretRef files exceed render.MaxSecretBytes or render.MaxSecretsBytes.
+	ReasonSecretTooLarge = "SecretTooLarge"
 )
 
 // setCondition sets a condition with the object's generation.

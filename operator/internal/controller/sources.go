@@ -42,9 +42,10 @@ func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error
 	return repo, nil
 }
 
-// Render returns the archive of commit plus files.
-func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File) (render.Archive, error) {
-	key := archiveKey(repo.String(), commit, files)
+// Render returns the archive of commit plus files, with the map of secretPaths
+// (render.Render: the secrets' contents are not part of the source).
+func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File, secretPaths []string) (render.Archive, error) {
+	key := archiveKey(repo.String(), commit, files, secretPaths)
 	if a, ok := s.cached(key); ok {
 		return a, nil
 	}
@@ -56,7 +57,7 @@ func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, 
 		if err != nil {
 			return nil, err
 		}
-		a, err := render.Render(tree, files)
+		a, err := render.Render(tree, files, secretPaths)
 		if err != nil {
 			return nil, asConfigError(fmt.Errorf("render %s: %w", shortCommit(commit), err))
 		}
@@ -99,11 +100,14 @@ func (s *Sources) store(key string, a render.Archive) {
 
 // archiveKey identifies an archive by its inputs. The files' contents are hashed, so
 // the key holds no secret.
-func archiveKey(repo, commit string, files []render.File) string {
+func archiveKey(repo, commit string, files []render.File, secretPaths []string) string {
 	h := sha256.New()
 	for _, f := range files {
-		fmt.Fprintf(h, "%q %t %d\n", f.Path, f.FromSecret, len(f.Content))
+		fmt.Fprintf(h, "%q %d\n", f.Path, len(f.Content))
 		h.Write(f.Content)
+	}
+	for _, p := range secretPaths {
+		fmt.Fprintf(h, "secret %q\n", p)
 	}
 	return repo + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
 }
