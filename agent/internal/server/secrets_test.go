@@ -272,3 +272,46 @@ func TestAttachDropsTheResentSecretsAndSecretsSurviveARestart(t *testing.T) {
 		t.Errorf("after an agent restart: %v, %q", err, h.read(t, "db/password"))
 	}
 }
+
+func TestAgentKilledInTheConfirmWindowRestoresThePreviousSecretsOnRecovery(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	dir := state + "-secrets"
+	read := func() string {
+		b, err := os.ReadFile(filepath.Join(dir, "current", "db", "password"))
+		if err != nil {
+			return "-"
+		}
+		return string(b)
+	}
+	x := newFakeExecutor()
+	first := startAgentProcess(t, x, state, "")
+	v1 := makeArchive(t, sourceV1)
+	wantOutcome(t, applyWithSecrets(t, first.client, flakeHeader("op-v1", agentv1.Action_ACTION_SWITCH, v1), password("old"), v1, nil), agentv1.Outcome_OUTCOME_SUCCEEDED)
+	first.kill()
+
+	second := startAgentProcess(t, x, state, "confirm-window")
+	v2 := makeArchive(t, sourceV2)
+	h := withConfirm(flakeHeader("op-v2", agentv1.Action_ACTION_SWITCH, v2), 300*time.Millisecond)
+	cut := make(chan *applyRun, 1)
+	go func() { cut <- applyWithSecrets(t, second.client, h, password("new"), v2, nil) }()
+	<-second.crashed
+	if read() != "new" {
+		t.Fatalf("in the confirm window current holds %q, want the new set", read())
+	}
+	second.kill()
+	<-cut
+
+	// The restarted agent has no secrets in memory: the journal names the sets,
+	// which the secrets dir (tmpfs, kept across agent restarts) still holds.
+	third := startAgentProcess(t, x, state, "")
+	// The operator re-sends the header with its secrets (the agent drops them).
+	h.ResumeAfterSequence = 0
+	r := applyWithSecrets(t, third.client, h, password("new"), nil, nil)
+	wantOutcome(t, r, agentv1.Outcome_OUTCOME_ROLLED_BACK)
+	if read() != "old" {
+		t.Errorf("after the recovered rollback current holds %q, want the previous set", read())
+	}
+	if sets, _ := os.ReadDir(filepath.Join(dir, "sets")); len(sets) != 1 {
+		t.Errorf("sets left: %v", sets)
+	}
+}
