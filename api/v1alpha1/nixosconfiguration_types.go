@@ -69,8 +69,9 @@ type NixosConfigurationSpec struct {
 	CredentialsRef *LocalObjectReference `json:"credentialsRef,omitempty"`
 
 	// AdditionalFiles add files to what the host builds (they are not committed
-	// anywhere). inline and nixosFacter files are written into the source tree, so
-	// the flake can read them; they end up in the world-readable Nix store.
+	// anywhere). inline and nixosFacter files are written into the source tree before
+	// the build, so the flake can read them; they end up in the world-readable Nix
+	// store.
 	// secretRef files never do: their bytes go to the host outside the source, into
 	// /run/nio-secrets/current/<path> (tmpfs, root-only unless owner, group or mode
 	// say otherwise), and the source gets a generated nio-secrets.nix at its root

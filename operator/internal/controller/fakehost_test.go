@@ -64,7 +64,7 @@ type appliedOp struct {
 	Modes     map[string]int64
 	// Secrets is what the host's secrets directory was to hold (never in Files).
 	Secrets *transport.Secrets
-	Outcome   transport.Outcome
+	Outcome transport.Outcome
 }
 
 type fakeHost struct {
