@@ -148,6 +148,9 @@ func (s *Server) stageSecrets(op *operation) error {
 		return nil
 	}
 	if s.cfg.SecretsDir == "" {
+		if len(files) == 0 {
+			return nil // an empty set: there is no secrets dir to clear
+		}
 		return errors.New("this agent has no --secrets-dir; it cannot take secrets")
 	}
 	prev, err := s.currentSet()

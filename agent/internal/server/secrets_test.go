@@ -315,3 +315,20 @@ func TestAgentKilledInTheConfirmWindowRestoresThePreviousSecretsOnRecovery(t *te
 		t.Errorf("sets left: %v", sets)
 	}
 }
+
+func TestAgentWithoutSecretsDirTakesAnEmptySetAndRefusesSecrets(t *testing.T) {
+	x := newFakeExecutor()
+	s, err := New(Config{Executor: x, StateDir: t.TempDir(), MaxSourceBytes: 1 << 20, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startBufconn(t, s)
+	arch := makeArchive(t, sourceV1)
+	empty := flakeHeader("op-empty", agentv1.Action_ACTION_SWITCH, arch)
+	empty.Secrets = &agentv1.SecretsManifest{}
+	wantOutcome(t, applyWithSecrets(t, c, empty, nil, arch, nil), agentv1.Outcome_OUTCOME_SUCCEEDED)
+	run := applyWithSecrets(t, c, flakeHeader("op-some", agentv1.Action_ACTION_SWITCH, arch), password("x"), nil, nil)
+	if status.Code(run.streamed) != codes.FailedPrecondition {
+		t.Errorf("secrets without --secrets-dir: %v", run.streamed)
+	}
+}

@@ -102,7 +102,9 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 	if err != nil {
 		return nil, secretsError(sourceError(err))
 	}
-	src.secretsDigest = render.SecretsDigest(r.secretsDigestKey(), src.secretFiles)
+	if len(src.secretFiles) > 0 {
+		src.secretsDigest = render.SecretsDigest(r.secretsDigestKey(), src.secretFiles)
+	}
 	return src, nil
 }
 
