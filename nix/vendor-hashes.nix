@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-a0LE8NjF97cagAXlUyzpfd4kh/aiPknBVtdVcLGHC0A=";
-  operator = "sha256-lviirL5TAt3/HOXDIxwEg5df4qbWRXgqZGbaTbT4o60=";
+  agent = "sha256-3JmhTcjMXoEEu13bg5kwxjjNuhLWOaMwZ2pPxrpSe/w=";
+  operator = "sha256-ggFThoWq9PByOUUWJ/K6lXIoLbzhTmCboeWqCgvJMdc=";
 }

@@ -68,9 +68,16 @@ type NixosConfigurationSpec struct {
 	// +optional
 	CredentialsRef *LocalObjectReference `json:"credentialsRef,omitempty"`
 
-	// AdditionalFiles are written into the source tree before the build, so the flake
-	// can read them (they are not committed anywhere). Secret contents land with mode
-	// 0600.
+	// AdditionalFiles add files to what the host builds (they are not committed
+	// anywhere). inline and nixosFacter files are written into the source tree before
+	// the build, so the flake can read them; they end up in the world-readable Nix
+	// store.
+	// secretRef files never do: their bytes go to the host outside the source, into
+	// /run/nio-secrets/current/<path> (tmpfs, root-only unless owner, group or mode
+	// say otherwise), and the source gets a generated nio-secrets.nix at its root
+	// that maps each such path to that location, for options like passwordFile:
+	// `(import ./nio-secrets.nix)."secrets/db-password"`. A secret path must not be
+	// a file or directory of the repository. Limits: 1 MiB per secret, 4 MiB in all.
 	// +listType=map
 	// +listMapKey=path
 	// +kubebuilder:validation:MaxItems=256
@@ -118,7 +125,9 @@ type NixosConfigurationSpec struct {
 	KexecImage string `json:"kexecImage,omitempty"`
 }
 
-// AdditionalFile is one file added to the source tree before the build.
+// AdditionalFile is one file added to the source tree before the build, or, from a
+// Secret, delivered to the host outside the Nix store.
+// +kubebuilder:validation:XValidation:rule="has(self.value.secretRef) || (!has(self.mode) && !has(self.owner) && !has(self.group))",message="mode, owner and group apply only to files from a secretRef"
 type AdditionalFile struct {
 	// Path of the file in the source tree: relative, clean (no `.` or `..` segments,
 	// no `//`), and not inside `.git`.
@@ -135,6 +144,25 @@ type AdditionalFile struct {
 	// nixosFacter.
 	// +required
 	Value AdditionalFileValue `json:"value"`
+
+	// Mode of a secretRef file on the host, as an octal string of permission bits
+	// (default "0400"). Only with secretRef.
+	// +kubebuilder:validation:Pattern=`^0?[0-7]{3}$`
+	// +optional
+	Mode string `json:"mode,omitempty"`
+	// Owner of a secretRef file on the host: a user name or a numeric uid (default
+	// root). A name is looked up on the host; a user the new system creates is
+	// resolved after its activation. Only with secretRef.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^([0-9]+|[A-Za-z_][A-Za-z0-9_.-]*[$]?)$`
+	// +optional
+	Owner string `json:"owner,omitempty"`
+	// Group of a secretRef file on the host: a group name or a numeric gid (default
+	// root). Only with secretRef.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:Pattern=`^([0-9]+|[A-Za-z_][A-Za-z0-9_.-]*[$]?)$`
+	// +optional
+	Group string `json:"group,omitempty"`
 }
 
 // AdditionalFileValue is the content of an additional file: exactly one source.
@@ -145,7 +173,8 @@ type AdditionalFileValue struct {
 	// +optional
 	Inline *string `json:"inline,omitempty"`
 	// SecretRef takes the content from a Secret in this namespace. Without key, the
-	// Secret must have exactly one key, which is used.
+	// Secret must have exactly one key, which is used. The content is not put into
+	// the source (see additionalFiles): the host gets it under /run/nio-secrets.
 	// +optional
 	SecretRef *SecretKeyReference `json:"secretRef,omitempty"`
 	// NixosFacter takes the Machine's last nixos-facter report (JSON), collected by the
@@ -200,6 +229,13 @@ type NixosConfigurationStatus struct {
 	// files) last applied. A different digest means a new apply.
 	// +optional
 	AppliedSourceDigest string `json:"appliedSourceDigest,omitempty"`
+
+	// AppliedSecretsDigest identifies the set of secretRef files (paths, modes,
+	// owners and contents) last delivered with a successful apply: a keyed digest
+	// (HMAC-SHA256, keyed with a secret of the operator), so it tells nothing about
+	// the contents. A different value means a new apply.
+	// +optional
+	AppliedSecretsDigest string `json:"appliedSecretsDigest,omitempty"`
 
 	// AppliedSpecGeneration is the spec generation last applied.
 	// +optional
@@ -258,6 +294,10 @@ type OperationRef struct {
 	Commit string `json:"commit"`
 	// SourceDigest of the archive being applied.
 	SourceDigest string `json:"sourceDigest"`
+	// SecretsDigest identifies the secrets delivered with it (see
+	// appliedSecretsDigest).
+	// +optional
+	SecretsDigest string `json:"secretsDigest,omitempty"`
 	// Action being performed.
 	Action string `json:"action"`
 	// StartTime is when the operation started.
@@ -298,6 +338,10 @@ type HistoryEntry struct {
 	// SourceDigest of the archive the operation applied.
 	// +optional
 	SourceDigest string `json:"sourceDigest,omitempty"`
+	// SecretsDigest identifies the secrets the operation delivered (see
+	// appliedSecretsDigest).
+	// +optional
+	SecretsDigest string `json:"secretsDigest,omitempty"`
 	// Message: the error on failure.
 	// +optional
 	Message string `json:"message,omitempty"`

@@ -57,7 +57,8 @@ func TestRenderWritesTheUnitNixOSWould(t *testing.T) {
 		"\n[Service]\nEnvironment=\"NIX_CONFIG=substituters =\"\nEnvironment=\"NIX_PATH=\"\n",
 		"\nEnvironment=\"PATH=/opt/nio/bin:/usr/bin\"\n",
 		`ExecStart="/opt/nio/bin/nio-agent" "--listen=[::1]:9443" "--tls-dir=/var/lib/nio-agent/tls" "--state-dir=/var/lib/nio-agent" "--facter-path=/opt/nio/bin/nixos-facter" "--log-level=info" "--log-format=json" "--max-source-bytes=100" "50%%" "$$HOME"` + "\n",
-		"\nCapabilityBoundingSet=\n",
+		"\nCapabilityBoundingSet=CAP_CHOWN\n",
+		"\nRuntimeDirectory=nio-secrets\nRuntimeDirectoryMode=0711\nRuntimeDirectoryPreserve=yes\n",
 		"\nStateDirectory=nio-agent\nStateDirectory=nio-agent/tls\n",
 		"\nReadWritePaths=-/nix/var/nix/profiles\nReadWritePaths=-/nix/var/nix/gcroots\n",
 	} {

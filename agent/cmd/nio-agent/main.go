@@ -34,6 +34,7 @@ type options struct {
 	nixBinDir, facterPath, logFormat, logLevel                 string
 	systemdRun                                                 bool
 	maxSourceBytes                                             int64
+	secretsDir                                                 string
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -49,6 +50,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.systemdRun, "systemd-run", true, "run activation and nixos-facter through systemd-run, outside the agent's sandbox and cgroup (activation survives the agent)")
 	fs.StringVar(&o.facterPath, "facter-path", "nixos-facter", "nixos-facter binary")
 	fs.Int64Var(&o.maxSourceBytes, "max-source-bytes", 1<<30, "cap on a source archive and its unpacked size")
+	fs.StringVar(&o.secretsDir, "secrets-dir", "/run/nio-secrets", "tmpfs directory for the secretRef files of a configuration (current/<path>); the operator's nio-secrets.nix names /run/nio-secrets, so change it for tests only")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -135,6 +137,7 @@ func run(o *options, log *slog.Logger) error {
 		Certs:          store,
 		StateDir:       o.stateDir,
 		MaxSourceBytes: o.maxSourceBytes,
+		SecretsDir:     o.secretsDir,
 		FacterPath:     o.facterPath,
 		// The hardware is what the sandbox hides: facts leave it as activation does.
 		FacterSystemdRun: o.systemdRun,

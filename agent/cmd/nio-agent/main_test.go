@@ -49,7 +49,8 @@ func TestFlagsDefaultsMatchTheContract(t *testing.T) {
 	}
 	want := options{listen: ":9443", tlsDir: "/var/lib/nio-agent/tls", stateDir: "/var/lib/nio-agent",
 		profile: "/nix/var/nix/profiles/system", currentLink: "/run/current-system", bootedLink: "/run/booted-system",
-		facterPath: "nixos-facter", logFormat: "text", logLevel: "info", systemdRun: true, maxSourceBytes: 1 << 30}
+		facterPath: "nixos-facter", logFormat: "text", logLevel: "info", systemdRun: true, maxSourceBytes: 1 << 30,
+		secretsDir: "/run/nio-secrets"}
 	if *o != want {
 		t.Errorf("defaults %+v, want %+v", *o, want)
 	}

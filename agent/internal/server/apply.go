@@ -35,6 +35,21 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 	if err := validateHeader(h); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	if h.GetSecrets().GetCount() > 0 && s.cfg.SecretsDir == "" {
+		return status.Error(codes.FailedPrecondition, "this agent has no --secrets-dir; it cannot take secrets")
+	}
+	// The secrets follow the header on every stream, before anything else: read
+	// them first (an attach drops them), so the client never waits in between.
+	// Nothing is registered or written before they all arrived and passed the
+	// checks, so a broken or refused transfer leaves nothing behind.
+	secrets, err := s.receiveSecrets(stream, h.GetSecrets())
+	if err != nil {
+		var streamErr *streamError
+		if errors.As(err, &streamErr) {
+			return streamErr.err
+		}
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	op, attached, err := s.begin(h)
 	if err != nil {
 		return err
@@ -44,6 +59,7 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 		s.log.Info("attach", "operation", op.id, "resume_after", h.GetResumeAfterSequence())
 		return op.follow(ctx, h.GetResumeAfterSequence(), stream.Send)
 	}
+	op.secrets = secrets
 
 	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
 	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
@@ -166,6 +182,9 @@ func validateHeader(h *agentv1.ApplyHeader) error {
 	default:
 		return fmt.Errorf("unknown action %v", h.GetAction())
 	}
+	if n := h.GetSecrets().GetCount(); n > maxSecretFiles {
+		return fmt.Errorf("%d secrets, more than %d", n, maxSecretFiles)
+	}
 	switch t := h.GetTarget().(type) {
 	case *agentv1.ApplyHeader_Flake:
 		if _, err := nixos.ToplevelAttrPath(t.Flake.GetAttr()); err != nil {
@@ -287,6 +306,13 @@ func (s *Server) execute(op *operation, archivePath string) {
 	if err := s.cache.Prune(keptSources, archivePath); err != nil {
 		s.log.Warn("prune source cache", "err", err)
 	}
+	s.pruneSecrets()
+	if !activates(h.GetAction()) {
+		op.secrets = nil // build and dry-activate leave the secrets as they are
+	} else if err := s.stageSecrets(op); err != nil {
+		s.fail(op, "secrets: "+err.Error())
+		return
+	}
 
 	dir := s.opDir(op.id)
 	src := filepath.Join(dir, "src")
@@ -357,13 +383,40 @@ func (s *Server) execute(op *operation, archivePath string) {
 			s.finishWith(op, agentv1.Outcome_OUTCOME_FAILED, err.Error()+"; nothing was activated", false)
 			return
 		}
+		// The new system's services read their secrets as they start: the set
+		// must be current before activation (and is restored by any rollback).
+		if err := s.installSecrets(op); err != nil {
+			s.restoreSecrets(op)
+			s.undoProfile(ctx, op)
+			s.finishWith(op, agentv1.Outcome_OUTCOME_FAILED, "secrets: "+err.Error()+"; nothing was activated", false)
+			return
+		}
 		if err := x.Activate(ctx, out, actionWord(action), act, op.logLine); err != nil {
 			s.rollBackAndFinish(ctx, op, agentv1.Outcome_OUTCOME_FAILED, fmt.Sprintf("activation failed: %v", err), action != agentv1.Action_ACTION_DRY_ACTIVATE)
 			return
 		}
 		s.crashPoint("activated")
+		if !s.afterActivation(ctx, op) {
+			return
+		}
 	}
 	s.settle(ctx, op)
+}
+
+// activates says whether an action activates a system, and so installs secrets.
+func activates(a agentv1.Action) bool {
+	return a == agentv1.Action_ACTION_SWITCH || a == agentv1.Action_ACTION_BOOT || a == agentv1.Action_ACTION_TEST
+}
+
+// afterActivation finishes what an activation enables: the secrets whose owner the
+// new system created get it. When that fails the operation rolls back (its services
+// could not read their secrets) and afterActivation returns false.
+func (s *Server) afterActivation(ctx context.Context, op *operation) bool {
+	if err := s.chownDeferred(op); err != nil {
+		s.rollBackAndFinish(ctx, op, agentv1.Outcome_OUTCOME_FAILED, "secrets: "+err.Error(), true)
+		return false
+	}
+	return true
 }
 
 func (s *Server) recoverPanic(op *operation) {
@@ -434,6 +487,9 @@ func (s *Server) rollBack(ctx context.Context, op *operation) {
 	}
 	op.phase(agentv1.Phase_PHASE_ROLLING_BACK, prevSystem)
 	s.log.Warn("rolling back", "operation", op.id, "to_generation", prevGen, "to_system", prevSystem)
+	// Before the previous system is activated again, so its services start with
+	// the secrets they ran with.
+	s.restoreSecrets(op)
 	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_BOOT {
 		if prevGen > 0 {
 			if err := x.SwitchGeneration(ctx, prevGen, op.logLine); err != nil {
@@ -495,10 +551,14 @@ func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg string, 
 	if err != nil {
 		op.agentLine("read current system: " + err.Error())
 	}
-	s.finishOp(op, &agentv1.ApplyResult{
+	r := &agentv1.ApplyResult{
 		Outcome: outcome, Message: msg, Generation: gen, StorePath: op.jr.StorePath,
 		RolledBack: rolledBack, CurrentSystem: current,
-	})
+	}
+	if outcome == agentv1.Outcome_OUTCOME_SUCCEEDED && op.jr.Secrets != nil {
+		r.SecretsDigest = op.header.GetSecrets().GetDigest()
+	}
+	s.finishOp(op, r)
 	s.log.Info("operation done", "operation", op.id, "outcome", outcome.String(), "generation", gen, "store_path", op.jr.StorePath, "current_system", current)
 }
 
@@ -516,6 +576,7 @@ func (s *Server) finishOp(op *operation, r *agentv1.ApplyResult) {
 	if err := s.writeJournal(j); err != nil {
 		s.log.Warn("cannot record the end of the operation in the journal", "operation", op.id, "err", err)
 	}
+	s.pruneSecrets() // the set that is not current: the new one after a failure, else the old
 	op.finish(r, s.writeRecord)
 }
 

@@ -201,7 +201,9 @@ func startBufconn(t *testing.T, s *Server) agentv1.AgentServiceClient {
 
 func newTestServer(t *testing.T, x nixos.Executor, stateDir string) *Server {
 	t.Helper()
-	s, err := New(Config{Executor: x, StateDir: stateDir, MaxSourceBytes: 1 << 20, FacterPath: "nixos-facter", Version: "test"})
+	// The secrets dir beside the state dir, as /run/nio-secrets beside /var/lib: it
+	// survives a restart of the server on the same stateDir.
+	s, err := New(Config{Executor: x, StateDir: stateDir, SecretsDir: stateDir + "-secrets", MaxSourceBytes: 1 << 20, FacterPath: "nixos-facter", Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,14 +325,29 @@ func (r *applyRun) phases() []agentv1.Phase {
 // onEvent returns false, it stops reading (the stream is cancelled).
 func apply(t *testing.T, c agentv1.AgentServiceClient, h *agentv1.ApplyHeader, archive []byte, onEvent func(*agentv1.ApplyResponse) bool) *applyRun {
 	t.Helper()
+	return applyWithSecrets(t, c, h, nil, archive, onEvent)
+}
+
+// applyWithSecrets is apply that sends secrets right after the header, as the
+// operator does (the header's manifest is set from them when it has none).
+func applyWithSecrets(t *testing.T, c agentv1.AgentServiceClient, h *agentv1.ApplyHeader, secrets []*agentv1.SecretFile, archive []byte, onEvent func(*agentv1.ApplyResponse) bool) *applyRun {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	st, err := c.Apply(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if secrets != nil && h.Secrets == nil {
+		h.Secrets = &agentv1.SecretsManifest{Count: uint32(len(secrets)), Digest: "test-digest-" + h.GetOperationId()}
+	}
 	if err := st.Send(&agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Header{Header: h}}); err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range secrets {
+		if err := st.Send(&agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Secret{Secret: f}}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	run := &applyRun{}
 	for {

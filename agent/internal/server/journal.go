@@ -68,6 +68,9 @@ type journal struct {
 	Unit            string     `json:"unit,omitempty"`
 	ConfirmDeadline *time.Time `json:"confirm_deadline,omitempty"`
 	Rollback        *rollback  `json:"rollback,omitempty"`
+	// Secrets names the operation's secrets set and the one it replaces (never
+	// their contents; secrets.go), from the first step after they were written.
+	Secrets *journalSecrets `json:"secrets,omitempty"`
 
 	// At finished: the result, in protojson, and when.
 	Result       json.RawMessage `json:"result,omitempty"`

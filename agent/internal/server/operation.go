@@ -22,6 +22,9 @@ type operation struct {
 	// jr is the operation's journal, from its first step on; only the goroutine
 	// that drives the operation (execute or resume) touches it.
 	jr *journal
+	// secrets are the operation's SecretFiles, from the Apply stream until
+	// execute writes them to the secrets directory (secrets.go); never journaled.
+	secrets []*agentv1.SecretFile
 
 	mu      sync.Mutex
 	events  []*agentv1.ApplyResponse // events[i].Sequence == base+i+1

@@ -102,6 +102,9 @@ func (s *Server) resume(op *operation) {
 		}
 		s.log.Info("recovery: the activation succeeded", "operation", op.id, "unit", j.Unit)
 		op.agentLine("activation " + j.Unit + " succeeded")
+		if !s.afterActivation(ctx, op) {
+			return
+		}
 		s.settle(ctx, op)
 	case stepAwaitingConfirm:
 		s.settle(ctx, op)

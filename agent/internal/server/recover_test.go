@@ -41,7 +41,7 @@ func startAgentProcess(t *testing.T, x nixos.Executor, state, crashAt string) *a
 	t.Helper()
 	p := &agentProcess{crashed: make(chan struct{}), log: &syncBuffer{}}
 	var once sync.Once
-	cfg := Config{Executor: x, StateDir: state, MaxSourceBytes: 1 << 20, FacterPath: "nixos-facter", Version: "test",
+	cfg := Config{Executor: x, StateDir: state, SecretsDir: state + "-secrets", MaxSourceBytes: 1 << 20, FacterPath: "nixos-facter", Version: "test",
 		Logger: slog.New(slog.NewTextHandler(p.log, nil))}
 	if crashAt != "" {
 		cfg.crashAt = func(point string) {

@@ -39,6 +39,9 @@ type Config struct {
 	StateDir string
 	// MaxSourceBytes caps an archive and its unpacked content.
 	MaxSourceBytes int64
+	// SecretsDir is where secrets are kept (secrets.go), on tmpfs: never in
+	// StateDir, which is on disk. Empty: operations with secrets are refused.
+	SecretsDir string
 	// FacterPath is the nixos-facter binary.
 	FacterPath string
 	// FacterSystemdRun runs nixos-facter through systemd-run, outside the agent's

@@ -1,10 +1,12 @@
 # worker-01 (flake: ".#worker"): NIO's agent and what the host is for.
 { ... }:
 let
-  # A NixosConfiguration's additionalFiles are written into the source tree before the
-  # build; this is the usage guide's config/custom.nix. Whatever the build reads from
-  # them is copied into the world-readable Nix store: keep real secrets out (use
-  # sops-nix or agenix), and read them at run time instead.
+  # A NixosConfiguration's inline and nixosFacter additionalFiles are written into the
+  # source tree before the build; this is the usage guide's config/custom.nix.
+  # Whatever the build reads from them is copied into the world-readable Nix store.
+  # Its secretRef files are not: the host keeps them in /run/nio-secrets/current/,
+  # and the source gets nio-secrets.nix naming them, for options read at run time:
+  #   passwordFile = (import ../nio-secrets.nix)."secrets/database-password";
   custom = ../config/custom.nix;
 in
 {

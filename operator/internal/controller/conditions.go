@@ -36,6 +36,11 @@ const (
 	ReasonSSHKeyMissing     = "SSHKeyMissing"
 	ReasonDependencyPending = "DependencyNotReady"
 	ReasonReconcileFailed   = "ReconciliationFailed"
+	// A secretRef file's path is a file or directory of the source (or the source
+	// has its own nio-secrets.nix).
+	ReasonSecretPathConflict = "SecretPathConflict"
+	// The secretRef files exceed render.MaxSecretBytes or render.MaxSecretsBytes.
+	ReasonSecretTooLarge = "SecretTooLarge"
 )
 
 // Event reasons of the Machine controller's agent identity duties.

@@ -75,7 +75,9 @@ type appliedOp struct {
 	Transport nio.Transport
 	Files     map[string]string
 	Modes     map[string]int64
-	Outcome   transport.Outcome
+	// Secrets is what the host's secrets directory was to hold (never in Files).
+	Secrets *transport.Secrets
+	Outcome transport.Outcome
 }
 
 type fakeHost struct {
@@ -135,7 +137,7 @@ func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (trans
 			return transport.ApplyResult{}, ctx.Err()
 		}
 	}
-	op := appliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes}
+	op := appliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes, Secrets: req.Secrets}
 	emit := func(line string) {
 		if req.OnEvent != nil {
 			req.OnEvent(transport.Event{Kind: transport.EventLog, Line: line, Time: time.Now()})

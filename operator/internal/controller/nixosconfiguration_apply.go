@@ -50,6 +50,8 @@ func (r *NixosConfigurationReconciler) decide(obj *nio.NixosConfiguration, m *ni
 		why = "new commit"
 	case src.archive.Digest != st.AppliedSourceDigest:
 		why = "source changed (additional files)"
+	case src.secretsDigest != st.AppliedSecretsDigest:
+		why = "secrets changed"
 	case obj.Generation != st.AppliedSpecGeneration:
 		why = "spec changed"
 	case drifted(obj, m):
@@ -64,7 +66,7 @@ func (r *NixosConfigurationReconciler) decide(obj *nio.NixosConfiguration, m *ni
 	// a broken commit must not rebuild in a loop. A spec change retries at once.
 	failures := 0
 	for _, h := range st.History {
-		if h.SourceDigest != src.archive.Digest || h.Result == nio.ResultSucceeded {
+		if h.SourceDigest != src.archive.Digest || h.SecretsDigest != src.secretsDigest || h.Result == nio.ResultSucceeded {
 			break
 		}
 		failures++
@@ -195,10 +197,11 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	defer host.Close()
 
 	cur := obj.Status.CurrentOperation
-	if cur == nil || cur.SourceDigest != src.archive.Digest || cur.Action != op.label || cur.Commit != src.commit {
+	secrets := transportSecrets(src, op)
+	if cur == nil || cur.SourceDigest != src.archive.Digest || cur.SecretsDigest != secrets.Digest || cur.Action != op.label || cur.Commit != src.commit {
 		cur = &nio.OperationRef{
 			ID: newOperationID(obj, src.archive.Digest), Commit: src.commit, SourceDigest: src.archive.Digest,
-			Action: op.label, StartTime: metav1.NewTime(r.now()),
+			SecretsDigest: secrets.Digest, Action: op.label, StartTime: metav1.NewTime(r.now()),
 		}
 	}
 	obj.Status.CurrentOperation = cur
@@ -218,6 +221,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 			Digest: archive.Digest, Size: int64(len(archive.Data)),
 			Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(archive.Data)), nil },
 		},
+		Secrets:        secrets,
 		ConfirmTimeout: op.confirm,
 		OnAwaitingConfirm: func(ctx context.Context, id string) error {
 			logger.Info("confirming over a new connection")
@@ -285,7 +289,7 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 	entry := nio.HistoryEntry{
 		Commit: src.commit, Action: op.label, Transport: res.Transport, StartTime: metav1.NewTime(started),
 		Duration: &metav1.Duration{Duration: now.Sub(started).Round(time.Millisecond)}, Generation: res.Generation,
-		SourceDigest: src.archive.Digest, Message: truncate(res.Message, 512),
+		SourceDigest: src.archive.Digest, SecretsDigest: src.secretsDigest, Message: truncate(res.Message, 512),
 	}
 	r.Metrics.observeApply(obj, res, now.Sub(started))
 	// The pass ran the operation a requestedAt asked for (whatever its outcome: a
@@ -319,6 +323,7 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 	st.AppliedCommit, st.AppliedCommitShort = src.commit, shortCommit(src.commit)
 	st.LastAppliedTime = &metav1.Time{Time: now}
 	st.AppliedSourceDigest, st.AppliedSpecGeneration = src.archive.Digest, obj.Generation
+	st.AppliedSecretsDigest = src.secretsDigest
 	st.AppliedSystem, st.TargetMachine = res.StorePath, m.Name
 	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d)", rev, m.Name, res.Transport, res.Generation)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)

@@ -17,9 +17,11 @@ import (
 
 const dbPassword = "correct-horse-battery-staple-91"
 
-// TestAdditionalFilesReachTheSource: inline, Secret and nixos-facter files are in the
-// archive the host receives (the Secret's 0600); a change of the Secret applies
-// again; no secret value is in any event, condition, status or log line.
+// TestAdditionalFilesReachTheSource: inline and nixos-facter files are in the archive
+// the host receives; the Secret's is not — the host gets it beside the archive, with
+// its mode, and the archive the generated nio-secrets.nix naming where it lives; a
+// change of the Secret applies again with the same source; no secret value is in any
+// event, condition, status or log line.
 func TestAdditionalFilesReachTheSource(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
@@ -46,8 +48,17 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 
 	host := fleet.host("worker-01")
 	op := host.ops()[0]
-	if op.Files["secrets/database-password"] != dbPassword || op.Modes["secrets/database-password"] != 0o600 {
-		t.Errorf("secret file = %q mode %o, want the Secret's value, 0600", op.Files["secrets/database-password"], op.Modes["secrets/database-password"])
+	for name, content := range op.Files {
+		if strings.Contains(content, dbPassword) || strings.HasPrefix(name, "secrets/") {
+			t.Errorf("the source holds the secret (%s)", name)
+		}
+	}
+	if want := `  "secrets/database-password" = "/run/nio-secrets/current/secrets/database-password";`; !strings.Contains(op.Files["nio-secrets.nix"], want) {
+		t.Errorf("nio-secrets.nix = %q, want it to map the secret's path", op.Files["nio-secrets.nix"])
+	}
+	if s := op.Secrets; s == nil || len(s.Files) != 1 || s.Files[0].Path != "secrets/database-password" || string(s.Files[0].Data) != dbPassword ||
+		s.Files[0].Mode != 0o400 || !strings.HasPrefix(s.Digest, "hmac-sha256:") {
+		t.Errorf("secrets sent = %+v, want the Secret's value, 0400, with a keyed digest", s)
 	}
 	if op.Files["config/custom.nix"] != inline || op.Modes["config/custom.nix"] != 0o644 {
 		t.Errorf("inline file = %q", op.Files["config/custom.nix"])
@@ -73,14 +84,15 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, "rotated secret applied", func() error {
 		ops := host.ops()
-		if last := ops[len(ops)-1]; len(ops) < 2 || last.Files["secrets/database-password"] != rotated || last.Outcome != "Succeeded" {
+		if last := ops[len(ops)-1]; len(ops) < 2 || last.Secrets == nil || len(last.Secrets.Files) != 1 || string(last.Secrets.Files[0].Data) != rotated || last.Outcome != "Succeeded" {
 			return errorf("%d applies", len(ops))
 		}
 		return nil
 	})
 	c := getConfig(t, f.ns, "worker-config")
-	if len(c.Status.History) != 2 || c.Status.History[0].Commit != first || c.Status.History[0].SourceDigest == c.Status.History[1].SourceDigest {
-		t.Errorf("history = %+v, want two applies of one commit with different sources", c.Status.History)
+	if h := c.Status.History; len(h) != 2 || h[0].Commit != first || h[0].SourceDigest != h[1].SourceDigest || h[0].SecretsDigest == h[1].SecretsDigest ||
+		c.Status.AppliedSecretsDigest != h[0].SecretsDigest {
+		t.Errorf("history = %+v, want two applies of one commit and one source, with different secrets", h)
 	}
 
 	// No secret anywhere a person or a log collector can read.

@@ -226,6 +226,7 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	st.FullInstallCompleted, st.InstalledTime = true, &metav1.Time{Time: now}
 	st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = src.commit, shortCommit(src.commit), &metav1.Time{Time: now}
 	st.AppliedSourceDigest, st.AppliedSpecGeneration, st.TargetMachine = src.archive.Digest, obj.Generation, m.Name
+	st.AppliedSecretsDigest = "" // nixos-anywhere delivers no secrets: the first switch does
 	msg := fmt.Sprintf("Installed revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonInstalled, msg)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)

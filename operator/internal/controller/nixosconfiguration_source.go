@@ -26,6 +26,11 @@ type resolvedSource struct {
 	archive render.Archive
 	// secrets are the values that must never reach a log, event or status.
 	secrets []string
+	// secretFiles are the secretRef additional files: delivered to the host beside
+	// the archive, never in it (render/secrets.go). secretsDigest identifies them
+	// (keyed; "" when there are none).
+	secretFiles   []render.Secret
+	secretsDigest string
 	// facterPath is the path of an additional file asking for the facter report when
 	// the Machine has none yet (nixos-anywhere generates it at install).
 	facterPath string
@@ -86,9 +91,19 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 	if err != nil || src.waitingFor != "" {
 		return src, err
 	}
-	src.archive, err = r.Sources.Render(ctx, repo, commit, files)
+	if err := render.CheckSecrets(src.secretFiles); err != nil {
+		return nil, secretsError(err)
+	}
+	paths := make([]string, len(src.secretFiles))
+	for i, s := range src.secretFiles {
+		paths[i] = s.Path
+	}
+	src.archive, err = r.Sources.Render(ctx, repo, commit, files, paths)
 	if err != nil {
-		return nil, sourceError(err)
+		return nil, secretsError(sourceError(err))
+	}
+	if len(src.secretFiles) > 0 {
+		src.secretsDigest = render.SecretsDigest(r.secretsDigestKey(), src.secretFiles)
 	}
 	return src, nil
 }
@@ -118,8 +133,12 @@ func (r *NixosConfigurationReconciler) additionalFiles(ctx context.Context, obj 
 			if err != nil {
 				return nil, fmt.Errorf("additional file %s: %w", f.Path, err)
 			}
+			mode, err := render.ParseMode(f.Mode)
+			if err != nil {
+				return nil, stalled(ReasonInvalidConfig, "additional file %s: %v", f.Path, err)
+			}
 			src.secrets = append(src.secrets, string(data))
-			files = append(files, render.File{Path: f.Path, Content: data, FromSecret: true})
+			src.secretFiles = append(src.secretFiles, render.Secret{Path: f.Path, Content: data, Mode: mode, Owner: f.Owner, Group: f.Group})
 		case v.NixosFacter != nil && *v.NixosFacter:
 			report, err := r.facterReport(ctx, m)
 			if err != nil {

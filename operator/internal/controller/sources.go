@@ -48,11 +48,12 @@ func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error
 	return repo, nil
 }
 
-// Render returns the archive of commit plus files. Concurrent calls for one archive
-// share one render, which runs on its own deadline: a caller that gives up (its pass
-// cancelled) returns at once without failing the others.
-func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File) (render.Archive, error) {
-	key := archiveKey(repo.ID(), commit, files)
+// Render returns the archive of commit plus files, with the map of secretPaths
+// (render.Render: the secrets' contents are not part of the source). Concurrent
+// calls for one archive share one render, which runs on its own deadline: a caller
+// that gives up (its pass cancelled) returns at once without failing the others.
+func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, files []render.File, secretPaths []string) (render.Archive, error) {
+	key := archiveKey(repo.ID(), commit, files, secretPaths)
 	if a, ok := s.cached(key); ok {
 		return a, nil
 	}
@@ -68,7 +69,7 @@ func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, 
 		if err != nil {
 			return nil, err
 		}
-		a, err := render.Render(tree, files)
+		a, err := render.Render(tree, files, secretPaths)
 		if err != nil {
 			return nil, asConfigError(fmt.Errorf("render %s: %w", shortCommit(commit), err))
 		}
@@ -123,11 +124,14 @@ func (s *Sources) store(key string, a render.Archive) {
 
 // archiveKey identifies an archive by its inputs: repoID names the repository with
 // its credentials. The files' contents are hashed, so the key holds no secret.
-func archiveKey(repoID, commit string, files []render.File) string {
+func archiveKey(repoID, commit string, files []render.File, secretPaths []string) string {
 	h := sha256.New()
 	for _, f := range files {
-		fmt.Fprintf(h, "%q %t %d\n", f.Path, f.FromSecret, len(f.Content))
+		fmt.Fprintf(h, "%q %d\n", f.Path, len(f.Content))
 		h.Write(f.Content)
+	}
+	for _, p := range secretPaths {
+		fmt.Fprintf(h, "secret %q\n", p)
 	}
 	return repoID + "\x00" + commit + "\x00" + hex.EncodeToString(h.Sum(nil))
 }

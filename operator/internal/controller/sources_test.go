@@ -38,7 +38,7 @@ func TestSharedRenderSurvivesTheFirstCallerGivingUp(t *testing.T) {
 
 	firstCtx, cancelFirst := context.WithCancel(context.Background())
 	first := make(chan error, 1)
-	go func() { _, err := s.Render(firstCtx, r, commit, nil); first <- err }()
+	go func() { _, err := s.Render(firstCtx, r, commit, nil, nil); first <- err }()
 	select {
 	case <-arrived:
 	case <-time.After(20 * time.Second):
@@ -48,7 +48,7 @@ func TestSharedRenderSurvivesTheFirstCallerGivingUp(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		a, err := s.Render(ctx, r, commit, nil)
+		a, err := s.Render(ctx, r, commit, nil, nil)
 		if err == nil && a.Digest == "" {
 			err = errors.New("empty archive")
 		}

@@ -1,12 +1,17 @@
 // Package render packs the source a host builds: the tree of a commit (without .git)
-// plus a configuration's additionalFiles, as a deterministic tar.gz whose sha256 is
-// the source digest. The same inputs give the same bytes, whatever order they come
-// in, so the digest only changes when the content does and an agent that already
-// holds a digest need not be sent the source again.
+// plus a configuration's inline and facter additionalFiles, as a deterministic
+// tar.gz whose sha256 is the source digest. The same inputs give the same bytes,
+// whatever order they come in, so the digest only changes when the content does and
+// an agent that already holds a digest need not be sent the source again.
+//
+// Files from Secrets are never in the archive: the host builds it as a path: flake,
+// and Nix copies the whole tree into the world-readable store. The archive gets
+// instead, when there are any, the generated SecretsMapFile naming where the host
+// keeps each of them (secrets.go); their bytes travel beside the archive.
 //
 // The archive: entries sorted by path, every parent directory emitted before its
 // contents, mtime 0, uid/gid 0 with empty owner names, modes 0755 for directories
-// and executables, 0644 for files, 0600 for files from Secrets, symlinks as symlinks.
+// and executables, 0644 for files, symlinks as symlinks.
 // The bytes depend on the Go release's compress/flate too, so a digest is stable for
 // one build of the operator, not necessarily across Go upgrades.
 package render
@@ -32,13 +37,12 @@ import (
 // for a symlink whose target leaves the tree.
 var ErrInvalidPath = errors.New("invalid path")
 
-// File is one additional file.
+// File is one additional file that belongs in the source (inline or facter: not
+// secret).
 type File struct {
 	// Path is relative to the repository root, slash-separated.
 	Path    string
 	Content []byte
-	// FromSecret makes the file 0600 in the archive (the host unpacks it root-only).
-	FromSecret bool
 }
 
 // Archive is a rendered source.
@@ -56,7 +60,6 @@ const (
 	modeDir     = 0o755
 	modeFile    = 0o644
 	modeExec    = 0o755
-	modeSecret  = 0o600
 	modeSymlink = 0o777
 )
 
@@ -67,14 +70,17 @@ type entry struct {
 	path    string
 	mode    source.Mode
 	content []byte
-	secret  bool
 }
 
-// Render packs tree plus files. An additional file with the path of a tracked file
-// replaces it (the configuration says what the host gets; a Secret-sourced file that
-// replaces a tracked one is 0600). Two additional files with one path, or a path
-// that is a directory on one side and a file or symlink on the other, are refused.
-func Render(tree []source.Entry, files []File) (Archive, error) {
+// Render packs tree plus files, plus SecretsMapFile when secretPaths (the paths of
+// the configuration's files from Secrets) is not empty. An additional file with the
+// path of a tracked file replaces it (the configuration says what the host gets).
+// Two additional files with one path, or a path that is a directory on one side and
+// a file or symlink on the other, are refused with ErrInvalidPath; a secret path
+// that names a tracked or additional file or directory, or a source that has its
+// own SecretsMapFile, with ErrSecretConflict. Only the secrets' paths are taken:
+// the archive cannot depend on their contents.
+func Render(tree []source.Entry, files []File, secretPaths []string) (Archive, error) {
 	entries := map[string]entry{}
 	for _, e := range tree {
 		if err := validPath(e.Path); err != nil {
@@ -94,7 +100,14 @@ func Render(tree []source.Entry, files []File) (Archive, error) {
 			return Archive{}, fmt.Errorf("additional file %q given twice: %w", f.Path, ErrInvalidPath)
 		}
 		seen[f.Path] = true
-		entries[f.Path] = entry{path: f.Path, mode: source.Regular, content: f.Content, secret: f.FromSecret}
+		entries[f.Path] = entry{path: f.Path, mode: source.Regular, content: f.Content}
+	}
+	if len(secretPaths) > 0 {
+		mapping, err := secretsMap(entries, secretPaths)
+		if err != nil {
+			return Archive{}, err
+		}
+		entries[SecretsMapFile] = entry{path: SecretsMapFile, mode: source.Regular, content: mapping}
 	}
 
 	dirs, err := directories(entries)
@@ -152,9 +165,6 @@ func writeEntry(tw *tar.Writer, name string, isDir bool, e entry) error {
 		hdr.Typeflag, hdr.Size, hdr.Mode = tar.TypeReg, int64(len(e.content)), modeFile
 		if e.mode == source.Executable {
 			hdr.Mode = modeExec
-		}
-		if e.secret {
-			hdr.Mode = modeSecret
 		}
 	}
 	if err := tw.WriteHeader(hdr); err != nil {

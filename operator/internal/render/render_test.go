@@ -62,13 +62,13 @@ func fixtureTree(t *testing.T) []source.Entry {
 }
 
 var additional = []File{
-	{Path: "secrets/wg.key", Content: []byte("private-key\n"), FromSecret: true},
+	{Path: "config/custom.nix", Content: []byte("{ }\n")},
 	{Path: "facter.json", Content: []byte(`{"version":1}`)},
 }
 
 func TestRenderingTwiceGivesTheSameBytesAndDigest(t *testing.T) {
 	tree := fixtureTree(t)
-	a, err := Render(tree, additional)
+	a, err := Render(tree, additional, nil)
 	if err != nil {
 		t.Fatalf("Render: %v", err)
 	}
@@ -77,7 +77,7 @@ func TestRenderingTwiceGivesTheSameBytesAndDigest(t *testing.T) {
 	slices.Reverse(again)
 	files := slices.Clone(additional)
 	slices.Reverse(files)
-	b, err := Render(again, files)
+	b, err := Render(again, files, nil)
 	if err != nil {
 		t.Fatalf("Render: %v", err)
 	}
@@ -93,13 +93,13 @@ func TestRenderingTwiceGivesTheSameBytesAndDigest(t *testing.T) {
 	}
 
 	changed := slices.Clone(additional)
-	changed[0] = File{Path: "secrets/wg.key", Content: []byte("rotated\n"), FromSecret: true}
-	c, err := Render(tree, changed)
+	changed[0] = File{Path: "config/custom.nix", Content: []byte("{ x = 1; }\n")}
+	c, err := Render(tree, changed, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Digest == a.Digest {
-		t.Fatalf("changed secret content kept the digest")
+		t.Fatalf("changed additional file content kept the digest")
 	}
 }
 
@@ -136,7 +136,7 @@ func readArchive(t *testing.T, data []byte) []tarEntry {
 }
 
 func TestArchiveHasFixedOwnersTimesAndModes(t *testing.T) {
-	a, err := Render(fixtureTree(t), additional)
+	a, err := Render(fixtureTree(t), additional, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,6 +145,8 @@ func TestArchiveHasFixedOwnersTimesAndModes(t *testing.T) {
 		typ  byte
 		mode int64
 	}{
+		"config/":               {tar.TypeDir, 0o755},
+		"config/custom.nix":     {tar.TypeReg, 0o644},
 		"facter.json":           {tar.TypeReg, 0o644},
 		"flake.nix":             {tar.TypeReg, 0o644},
 		"hosts/":                {tar.TypeDir, 0o755},
@@ -152,8 +154,6 @@ func TestArchiveHasFixedOwnersTimesAndModes(t *testing.T) {
 		"hosts/web/default.nix": {tar.TypeReg, 0o644},
 		"scripts/":              {tar.TypeDir, 0o755},
 		"scripts/deploy.sh":     {tar.TypeReg, 0o755},
-		"secrets/":              {tar.TypeDir, 0o755},
-		"secrets/wg.key":        {tar.TypeReg, 0o600},
 		"web.nix":               {tar.TypeSymlink, 0o777},
 	}
 	var names []string
@@ -183,9 +183,9 @@ func TestArchiveHasFixedOwnersTimesAndModes(t *testing.T) {
 	}
 	for _, e := range entries {
 		switch e.hdr.Name {
-		case "secrets/wg.key":
-			if e.content != "private-key\n" {
-				t.Fatalf("secret content %q", e.content)
+		case "config/custom.nix":
+			if e.content != "{ }\n" {
+				t.Fatalf("additional file content %q", e.content)
 			}
 		case "web.nix":
 			if e.hdr.Linkname != "hosts/web/default.nix" {
@@ -196,7 +196,7 @@ func TestArchiveHasFixedOwnersTimesAndModes(t *testing.T) {
 }
 
 func TestArchiveUnpacksWithTarToTheSameTree(t *testing.T) {
-	a, err := Render(fixtureTree(t), additional)
+	a, err := Render(fixtureTree(t), additional, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestArchiveUnpacksWithTarToTheSameTree(t *testing.T) {
 		t.Fatalf("tar: %v: %s", err, out)
 	}
 	for path, mode := range map[string]os.FileMode{
-		"secrets/wg.key": 0o600, "scripts/deploy.sh": 0o755, "flake.nix": 0o644, "hosts/web": 0o755 | os.ModeDir,
+		"config/custom.nix": 0o644, "scripts/deploy.sh": 0o755, "flake.nix": 0o644, "hosts/web": 0o755 | os.ModeDir,
 	} {
 		fi, err := os.Lstat(filepath.Join(dir, path))
 		if err != nil {
@@ -224,12 +224,12 @@ func TestArchiveUnpacksWithTarToTheSameTree(t *testing.T) {
 
 func TestAdditionalFileReplacesTrackedFile(t *testing.T) {
 	tree := []source.Entry{{Path: "hosts/a.nix", Content: []byte("tracked"), Mode: source.Executable}}
-	a, err := Render(tree, []File{{Path: "hosts/a.nix", Content: []byte("override"), FromSecret: true}})
+	a, err := Render(tree, []File{{Path: "hosts/a.nix", Content: []byte("override")}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	entries := readArchive(t, a.Data)
-	if len(entries) != 2 || entries[1].content != "override" || entries[1].hdr.Mode != 0o600 {
+	if len(entries) != 2 || entries[1].content != "override" || entries[1].hdr.Mode != 0o644 {
 		t.Fatalf("entries %+v", entries)
 	}
 }
@@ -239,16 +239,16 @@ func TestInvalidPathsAreRefused(t *testing.T) {
 		"", "/etc/passwd", "a/../b", "..", "../x", "./a", "a/./b", "a//b", "a/",
 		".git", ".git/config", "sub/.git/hooks/x", ".GIT/config", `a\b`, "a\x00b",
 	} {
-		_, err := Render(nil, []File{{Path: p, Content: []byte("x")}})
+		_, err := Render(nil, []File{{Path: p, Content: []byte("x")}}, nil)
 		if !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("additional file %q: %v, want ErrInvalidPath", p, err)
 		}
-		_, err = Render([]source.Entry{{Path: p, Content: []byte("x")}}, nil)
+		_, err = Render([]source.Entry{{Path: p, Content: []byte("x")}}, nil, nil)
 		if !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("tree entry %q: %v, want ErrInvalidPath", p, err)
 		}
 	}
-	if _, err := Render(nil, []File{{Path: "a"}, {Path: "a"}}); !errors.Is(err, ErrInvalidPath) {
+	if _, err := Render(nil, []File{{Path: "a"}, {Path: "a"}}, nil); !errors.Is(err, ErrInvalidPath) {
 		t.Errorf("duplicate additional file: %v", err)
 	}
 }
@@ -265,7 +265,7 @@ func TestSymlinksLeavingTheTreeAreRefused(t *testing.T) {
 		"through self link": {link("s", "."), link("e", "s/..")},
 		"loop":              {link("x", "y"), link("y", "x")},
 	} {
-		if _, err := Render(tree, nil); !errors.Is(err, ErrInvalidPath) {
+		if _, err := Render(tree, nil, nil); !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("%s: %v, want ErrInvalidPath", name, err)
 		}
 	}
@@ -275,7 +275,7 @@ func TestSymlinksLeavingTheTreeAreRefused(t *testing.T) {
 		"dangling":   {link("l", "missing/file")},
 		"link chain": {file, link("h", "hosts"), link("l", "h/a.nix")},
 	} {
-		if _, err := Render(tree, nil); err != nil {
+		if _, err := Render(tree, nil, nil); err != nil {
 			t.Errorf("%s: refused: %v", name, err)
 		}
 	}
@@ -287,7 +287,7 @@ func TestFileAndDirectoryCollisionsAreRefused(t *testing.T) {
 		{Path: "link", Mode: source.Symlink, Content: []byte("hosts")},
 	}
 	for _, f := range []File{{Path: "hosts"}, {Path: "link/x.nix"}, {Path: "hosts/a.nix/x"}} {
-		if _, err := Render(tree, []File{f}); !errors.Is(err, ErrInvalidPath) {
+		if _, err := Render(tree, []File{f}, nil); !errors.Is(err, ErrInvalidPath) {
 			t.Errorf("additional %q: %v, want ErrInvalidPath", f.Path, err)
 		}
 	}

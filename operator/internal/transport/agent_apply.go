@@ -142,7 +142,28 @@ func applyHeader(req ApplyRequest) (*agentv1.ApplyHeader, error) {
 	if req.ConfirmTimeout > 0 {
 		h.ConfirmTimeout = durationpb.New(req.ConfirmTimeout)
 	}
+	if req.Secrets != nil {
+		h.Secrets = &agentv1.SecretsManifest{Count: uint32(len(req.Secrets.Files)), Digest: req.Secrets.Digest}
+	}
 	return h, nil
+}
+
+// sendSecrets sends the SecretFiles the header announced, right after it: the agent
+// reads them before anything else, on every stream of the operation (an attach
+// reads and drops them), so the client never waits for an answer in between.
+func sendSecrets(stream agentv1.AgentService_ApplyClient, req ApplyRequest) error {
+	if req.Secrets == nil {
+		return nil
+	}
+	for _, f := range req.Secrets.Files {
+		msg := &agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Secret{Secret: &agentv1.SecretFile{
+			Path: f.Path, Data: f.Data, Mode: f.Mode, Owner: f.Owner, Group: f.Group,
+		}}}
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // applyOnce is one Apply stream on a new connection. broken says the stream failed in
@@ -162,7 +183,11 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 	}
 	h := proto.CloneOf(header)
 	h.ResumeAfterSequence = st.lastSeq
-	if err := stream.Send(&agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Header{Header: h}}); err != nil {
+	err = stream.Send(&agentv1.ApplyRequest{Msg: &agentv1.ApplyRequest_Header{Header: h}})
+	if err == nil {
+		err = sendSecrets(stream, st.req)
+	}
+	if err != nil {
 		// The real reason arrives on Recv.
 		_, err = stream.Recv()
 		return res, isBroken(ctx, err), a.classify("apply", c, eofAsBroken(err))
@@ -229,12 +254,19 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 			st.tail.emit(Event{Kind: EventLog, Sequence: seq, Time: when, Line: ev.Log.GetText(), Stderr: ev.Log.GetStream() == agentv1.LogStream_LOG_STREAM_STDERR})
 		case *agentv1.ApplyResponse_Result:
 			r := ev.Result
-			return ApplyResult{
+			out := ApplyResult{
 				Outcome:    outcomeOf(r.GetOutcome()),
 				Message:    r.GetMessage(),
 				Generation: r.GetGeneration(),
 				StorePath:  r.GetStorePath(),
-			}, false, nil
+			}
+			if s := st.req.Secrets; s != nil && len(s.Files) > 0 && out.Outcome == OutcomeSucceeded && r.GetSecretsDigest() != s.Digest {
+				// An agent from before secret delivery ignores the manifest: the
+				// system runs, but without its secrets. Never count that as applied.
+				out.Outcome = OutcomeFailed
+				out.Message = "the agent did not install the secrets (secretRef files); it predates their delivery: upgrade nio-agent on the host"
+			}
+			return out, false, nil
 		}
 	}
 }

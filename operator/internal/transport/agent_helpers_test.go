@@ -116,6 +116,7 @@ func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 		"--systemd-run=false",
 		"--facter-path", facter,
 		"--log-level", "debug",
+		"--secrets-dir", filepath.Join(dir, "run", "nio-secrets"),
 	}}
 	t.Cleanup(func() {
 		h.kill()

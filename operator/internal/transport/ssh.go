@@ -50,6 +50,9 @@ type SSHConfig struct {
 	// StateDir holds one 0700 directory per operation for the unpacked source
 	// (default DefaultSSHStateDir).
 	StateDir string
+	// SecretsDir is where Apply delivers secrets, as the agent does (default
+	// SecretsDir, /run/nio-secrets).
+	SecretsDir string
 	// AgentTLSDir is where InstallAgentTLS writes the agent's identity
 	// (default DefaultAgentTLSDir).
 	AgentTLSDir string

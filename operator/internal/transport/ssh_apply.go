@@ -82,6 +82,19 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 	}
 	defer s.removeDir(ctx, c, dir)
 
+	// The secrets, complete, before anything activates (ssh_secrets.go).
+	sec, err := s.stageSecrets(ctx, c, req)
+	if err != nil {
+		return res, err
+	}
+	if sec != nil {
+		if err := s.swapSecrets(ctx, c, sec, sec.set); err != nil {
+			s.restoreSecrets(ctx, c, sec, em)
+			s.pruneSecrets(ctx, c, sec, sec.prev)
+			return res, err
+		}
+	}
+
 	argv := s.privileged(append([]string{"sh", "-c", inDirScript, "sh", dir}, rebuildArgv(req, dir)...)...)
 	em.phase(PhaseBuilding, strings.Join(rebuildArgv(req, dir), " "))
 	err = s.run(ctx, c, remoteRun{argv: argv, stdout: em.lines(false), stderr: em.lines(true)})
@@ -92,14 +105,27 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 	case errors.As(err, &exit):
 		res.Outcome = OutcomeFailed
 		res.Message = fmt.Sprintf("nixos-rebuild %s exited with status %d", req.Action, exit.ExitStatus())
+		s.restoreSecrets(ctx, c, sec, em)
 	case err != nil:
 		return res, fmt.Errorf("nixos-rebuild on %s: %w", s.cfg.Host, err)
 	default:
 		res.Outcome = OutcomeSucceeded
 	}
 
+	if res.Outcome == OutcomeSucceeded && sec != nil {
+		if err := s.ownSecrets(ctx, c, sec); err != nil {
+			s.rollBack(ctx, c, req, before, em, sec, &res, fmt.Sprintf("secrets: %v", err))
+		}
+	}
 	if res.Outcome == OutcomeSucceeded && req.ConfirmTimeout > 0 && (req.Action == ActionSwitch || req.Action == ActionTest) {
-		s.confirmByReconnect(ctx, c, req, before, em, &res)
+		s.confirmByReconnect(ctx, c, req, before, em, sec, &res)
+	}
+	if sec != nil {
+		keep := sec.prev
+		if res.Outcome == OutcomeSucceeded {
+			keep = sec.set
+		}
+		s.pruneSecrets(ctx, c, sec, keep)
 	}
 	after, err := s.readSystem(ctx, c)
 	if err != nil {
@@ -121,7 +147,7 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 
 // confirmByReconnect proves the activated system still lets the operator in, with a
 // new connection; without that proof it rolls back over c (see Apply).
-func (s *SSH) confirmByReconnect(ctx context.Context, c *sshConn, req ApplyRequest, before hostSystem, em *emitter, res *ApplyResult) {
+func (s *SSH) confirmByReconnect(ctx context.Context, c *sshConn, req ApplyRequest, before hostSystem, em *emitter, sec *sshSecrets, res *ApplyResult) {
 	em.phase(PhaseAwaitingConfirm, "new ssh connection within "+req.ConfirmTimeout.String())
 	cctx, cancel := context.WithTimeout(ctx, req.ConfirmTimeout)
 	err := s.ping(cctx)
@@ -133,7 +159,13 @@ func (s *SSH) confirmByReconnect(ctx context.Context, c *sshConn, req ApplyReque
 		res.Outcome, res.Message = OutcomeFailed, "cancelled before the switch was confirmed"
 		return
 	}
-	em.phase(PhaseRollingBack, err.Error())
+	s.rollBack(ctx, c, req, before, em, sec, res, fmt.Sprintf("not confirmed: a new SSH connection failed after activation (%v)", err))
+}
+
+// rollBack re-activates the system that ran before, over c, because of why; the
+// previous secrets first, so its services start with the ones they had.
+func (s *SSH) rollBack(ctx context.Context, c *sshConn, req ApplyRequest, before hostSystem, em *emitter, sec *sshSecrets, res *ApplyResult, why string) {
+	em.phase(PhaseRollingBack, why)
 	var argv []string
 	switch {
 	case req.Action == ActionSwitch:
@@ -143,19 +175,20 @@ func (s *SSH) confirmByReconnect(ctx context.Context, c *sshConn, req ApplyReque
 	}
 	if argv == nil {
 		res.Outcome = OutcomeFailed
-		res.Message = fmt.Sprintf("not confirmed: a new SSH connection failed (%v) and the previous system is unknown, so nothing was rolled back", err)
+		res.Message = why + "; the previous system is unknown, so nothing was rolled back"
 		return
 	}
+	s.restoreSecrets(ctx, c, sec, em)
 	rbErr := s.run(ctx, c, remoteRun{argv: argv, stdout: em.lines(false), stderr: em.lines(true)})
 	em.flush()
 	res.LogTail = em.tail()
 	if rbErr != nil {
 		res.Outcome = OutcomeFailed
-		res.Message = fmt.Sprintf("not confirmed: a new SSH connection failed (%v); rolling back failed too: %v", err, rbErr)
+		res.Message = fmt.Sprintf("%s; rolling back failed too: %v", why, rbErr)
 		return
 	}
 	res.Outcome = OutcomeRolledBack
-	res.Message = fmt.Sprintf("not confirmed: a new SSH connection failed after activation (%v); the previous system was re-activated", err)
+	res.Message = why + "; the previous system was re-activated"
 }
 
 // validateApply refuses requests that can't be run before anything is sent.

@@ -47,6 +47,32 @@ type Source struct {
 	Open func() (io.ReadCloser, error)
 }
 
+// Secrets is the set of files the host's secrets directory must hold after an
+// operation: /run/nio-secrets/current/<path>, on tmpfs, never in the source or the
+// Nix store. The host installs a complete set or none (a new directory, then one
+// atomic swap of the `current` link), and returns to the previous set when the
+// operation fails or rolls back.
+type Secrets struct {
+	// Digest identifies the set (the controller's keyed digest; "" for none).
+	Digest string
+	Files  []SecretFile
+}
+
+// SecretFile is one secret.
+type SecretFile struct {
+	// Path is relative to the secrets directory, clean, slash-separated.
+	Path string
+	Data []byte
+	// Mode is the permission bits (0: 0400).
+	Mode uint32
+	// Owner and Group are names or numeric ids on the host ("": root).
+	Owner, Group string
+}
+
+// SecretsDir is the host's secrets directory (the agent's --secrets-dir default;
+// render.SecretsDir names the same place in the generated nio-secrets.nix).
+const SecretsDir = "/run/nio-secrets"
+
 // Phase names a step of an operation, as the agent reports it.
 type Phase string
 
@@ -98,6 +124,9 @@ type ApplyRequest struct {
 	Action Action
 	Target Target
 	Source Source
+	// Secrets, when not nil, replace the host's secrets set (an empty one removes
+	// it); nil leaves it alone. They never travel inside Source.
+	Secrets *Secrets
 	// ConfirmTimeout > 0 asks for magic rollback: after activation the host waits
 	// this long for Confirm and rolls back without it.
 	ConfirmTimeout time.Duration

@@ -75,6 +75,18 @@ func TestAPIServerRefusesBadInput(t *testing.T) {
 		{"file with inline and secretRef", withFile("a", nio.AdditionalFileValue{Inline: ptr("x"), SecretRef: &nio.SecretKeyReference{Name: "s"}}), "exactly one of inline, secretRef, nixosFacter"},
 		{"file with no value", withFile("a", nio.AdditionalFileValue{}), "exactly one of inline, secretRef, nixosFacter"},
 		{"file with nixosFacter false only", withFile("a", nio.AdditionalFileValue{NixosFacter: ptr(false)}), "exactly one of inline, secretRef, nixosFacter"},
+		{"mode on an inline file", func(c *nio.NixosConfiguration) {
+			c.Spec.AdditionalFiles = []nio.AdditionalFile{{Path: "a", Value: inline, Mode: "0400"}}
+		}, "mode, owner and group apply only to files from a secretRef"},
+		{"owner on a facter file", func(c *nio.NixosConfiguration) {
+			c.Spec.AdditionalFiles = []nio.AdditionalFile{{Path: "a", Value: nio.AdditionalFileValue{NixosFacter: ptr(true)}, Owner: "postgres"}}
+		}, "mode, owner and group apply only to files from a secretRef"},
+		{"secret mode not octal", func(c *nio.NixosConfiguration) {
+			c.Spec.AdditionalFiles = []nio.AdditionalFile{{Path: "a", Value: nio.AdditionalFileValue{SecretRef: &nio.SecretKeyReference{Name: "s"}}, Mode: "0999"}}
+		}, "spec.additionalFiles[0].mode"},
+		{"secret owner with a colon", func(c *nio.NixosConfiguration) {
+			c.Spec.AdditionalFiles = []nio.AdditionalFile{{Path: "a", Value: nio.AdditionalFileValue{SecretRef: &nio.SecretKeyReference{Name: "s"}}, Owner: "root:root"}}
+		}, "spec.additionalFiles[0].owner"},
 		{"empty gitRepo", func(c *nio.NixosConfiguration) { c.Spec.GitRepo = "" }, "spec.gitRepo"},
 		{"gitRepo not a URL", func(c *nio.NixosConfiguration) { c.Spec.GitRepo = "not a url" }, "gitRepo must be"},
 		{"machineRef without name", func(c *nio.NixosConfiguration) { c.Spec.MachineRef = nio.LocalObjectReference{} }, "spec.machineRef.name"},
@@ -107,7 +119,11 @@ func TestAPIServerRefusesBadInput(t *testing.T) {
 	// mutation alone.
 	m, c := validMachine(), validConfiguration()
 	m.Name, m.Namespace, c.Name, c.Namespace = "good", ns, "good", ns
-	for _, obj := range []client.Object{m, c} {
+	withSecret := validConfiguration()
+	withSecret.Name, withSecret.Namespace = "good-secret", ns
+	withSecret.Spec.AdditionalFiles = []nio.AdditionalFile{{Path: "secrets/db", Mode: "0440", Owner: "postgres", Group: "1000",
+		Value: nio.AdditionalFileValue{SecretRef: &nio.SecretKeyReference{Name: "s"}}}}
+	for _, obj := range []client.Object{m, c, withSecret} {
 		if err := env.Client.Create(context.Background(), obj); err != nil {
 			t.Errorf("valid %T refused: %v", obj, err)
 		}

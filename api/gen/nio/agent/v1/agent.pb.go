@@ -288,6 +288,7 @@ type ApplyRequest struct {
 	//
 	//	*ApplyRequest_Header
 	//	*ApplyRequest_Chunk
+	//	*ApplyRequest_Secret
 	Msg           isApplyRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -348,6 +349,15 @@ func (x *ApplyRequest) GetChunk() *SourceChunk {
 	return nil
 }
 
+func (x *ApplyRequest) GetSecret() *SecretFile {
+	if x != nil {
+		if x, ok := x.Msg.(*ApplyRequest_Secret); ok {
+			return x.Secret
+		}
+	}
+	return nil
+}
+
 type isApplyRequest_Msg interface {
 	isApplyRequest_Msg()
 }
@@ -362,9 +372,17 @@ type ApplyRequest_Chunk struct {
 	Chunk *SourceChunk `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
 }
 
+type ApplyRequest_Secret struct {
+	// A file for the host's secrets directory. Exactly ApplyHeader.secrets.count of
+	// them follow the header, before anything else, whatever the agent answers.
+	Secret *SecretFile `protobuf:"bytes,3,opt,name=secret,proto3,oneof"`
+}
+
 func (*ApplyRequest_Header) isApplyRequest_Msg() {}
 
 func (*ApplyRequest_Chunk) isApplyRequest_Msg() {}
+
+func (*ApplyRequest_Secret) isApplyRequest_Msg() {}
 
 // FlakeTarget names a NixOS system as a flake output.
 type FlakeTarget struct {
@@ -496,8 +514,13 @@ type ApplyHeader struct {
 	// below the operation's current incarnation, or beyond its last event, replays
 	// the incarnation from its first event.
 	ResumeAfterSequence uint64 `protobuf:"varint,9,opt,name=resume_after_sequence,json=resumeAfterSequence,proto3" json:"resume_after_sequence,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The secrets of this operation, sent as SecretFile messages right after the
+	// header. Set (even with count 0): the host's secrets directory holds exactly
+	// these files once the operation activates, and the previous set again if it
+	// rolls back. Unset: the secrets directory is left alone.
+	Secrets       *SecretsManifest `protobuf:"bytes,10,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyHeader) Reset() {
@@ -604,6 +627,13 @@ func (x *ApplyHeader) GetResumeAfterSequence() uint64 {
 	return 0
 }
 
+func (x *ApplyHeader) GetSecrets() *SecretsManifest {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
 type isApplyHeader_Target interface {
 	isApplyHeader_Target()
 }
@@ -620,6 +650,148 @@ func (*ApplyHeader_Flake) isApplyHeader_Target() {}
 
 func (*ApplyHeader_Module) isApplyHeader_Target() {}
 
+// SecretsManifest announces the SecretFiles that follow an ApplyHeader. Secrets never
+// enter the source archive, the Nix store or the journal: the agent writes them to
+// its secrets directory (tmpfs, --secrets-dir, /run/nio-secrets) as
+// <secrets-dir>/current/<path>.
+type SecretsManifest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many SecretFile messages follow.
+	Count uint32 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	// Identifies the set (the operator's keyed digest; opaque to the agent, which
+	// returns it in ApplyResult.secrets_digest once the set is installed).
+	Digest        string `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretsManifest) Reset() {
+	*x = SecretsManifest{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretsManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretsManifest) ProtoMessage() {}
+
+func (x *SecretsManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretsManifest.ProtoReflect.Descriptor instead.
+func (*SecretsManifest) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SecretsManifest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *SecretsManifest) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+// SecretFile is one secret, written to <secrets-dir>/current/<path>.
+type SecretFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Relative, clean, slash-separated path, as the additional file names it.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// The content (at most 1 MiB; 4 MiB for all the files of an operation).
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Permission bits (at most 0777); 0 means 0400.
+	Mode uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	// A user name or numeric uid; empty means root. A name the host does not know yet
+	// is resolved again after activation (the new system may create the user).
+	Owner string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	// A group name or numeric gid; empty means root.
+	Group         string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretFile) Reset() {
+	*x = SecretFile{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretFile) ProtoMessage() {}
+
+func (x *SecretFile) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretFile.ProtoReflect.Descriptor instead.
+func (*SecretFile) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SecretFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *SecretFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SecretFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *SecretFile) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *SecretFile) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // SourceChunk carries part of the source archive, in order.
 type SourceChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -630,7 +802,7 @@ type SourceChunk struct {
 
 func (x *SourceChunk) Reset() {
 	*x = SourceChunk{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +814,7 @@ func (x *SourceChunk) String() string {
 func (*SourceChunk) ProtoMessage() {}
 
 func (x *SourceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +827,7 @@ func (x *SourceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceChunk.ProtoReflect.Descriptor instead.
 func (*SourceChunk) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SourceChunk) GetData() []byte {
@@ -689,7 +861,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +873,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +886,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ApplyResponse) GetSequence() uint64 {
@@ -823,7 +995,7 @@ type NeedSource struct {
 
 func (x *NeedSource) Reset() {
 	*x = NeedSource{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +1007,7 @@ func (x *NeedSource) String() string {
 func (*NeedSource) ProtoMessage() {}
 
 func (x *NeedSource) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1020,7 @@ func (x *NeedSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NeedSource.ProtoReflect.Descriptor instead.
 func (*NeedSource) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NeedSource) GetSourceDigest() string {
@@ -872,7 +1044,7 @@ type PhaseEvent struct {
 
 func (x *PhaseEvent) Reset() {
 	*x = PhaseEvent{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -884,7 +1056,7 @@ func (x *PhaseEvent) String() string {
 func (*PhaseEvent) ProtoMessage() {}
 
 func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -897,7 +1069,7 @@ func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseEvent.ProtoReflect.Descriptor instead.
 func (*PhaseEvent) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PhaseEvent) GetPhase() Phase {
@@ -932,7 +1104,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1116,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1129,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogLine) GetStream() LogStream {
@@ -988,13 +1160,18 @@ type ApplyResult struct {
 	RolledBack bool `protobuf:"varint,5,opt,name=rolled_back,json=rolledBack,proto3" json:"rolled_back,omitempty"`
 	// The system active when the operation ended.
 	CurrentSystem string `protobuf:"bytes,6,opt,name=current_system,json=currentSystem,proto3" json:"current_system,omitempty"`
+	// SecretsManifest.digest of the header, once that set is installed: set on
+	// success when the header had a manifest, empty otherwise (an agent that does not
+	// know secrets leaves it empty too, which the operator refuses to count as
+	// applied).
+	SecretsDigest string `protobuf:"bytes,7,opt,name=secrets_digest,json=secretsDigest,proto3" json:"secrets_digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1183,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1196,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ApplyResult) GetOutcome() Outcome {
@@ -1064,6 +1241,13 @@ func (x *ApplyResult) GetCurrentSystem() string {
 	return ""
 }
 
+func (x *ApplyResult) GetSecretsDigest() string {
+	if x != nil {
+		return x.SecretsDigest
+	}
+	return ""
+}
+
 // StatusRequest asks for the host's state.
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1073,7 +1257,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1269,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1282,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 // OperationSummary describes an operation the agent ran or runs.
@@ -1122,7 +1306,7 @@ type OperationSummary struct {
 
 func (x *OperationSummary) Reset() {
 	*x = OperationSummary{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1318,7 @@ func (x *OperationSummary) String() string {
 func (*OperationSummary) ProtoMessage() {}
 
 func (x *OperationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1331,7 @@ func (x *OperationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationSummary.ProtoReflect.Descriptor instead.
 func (*OperationSummary) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *OperationSummary) GetOperationId() string {
@@ -1248,7 +1432,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1444,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1457,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetCurrentSystem() string {
@@ -1348,7 +1532,7 @@ type FactsRequest struct {
 
 func (x *FactsRequest) Reset() {
 	*x = FactsRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1544,7 @@ func (x *FactsRequest) String() string {
 func (*FactsRequest) ProtoMessage() {}
 
 func (x *FactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1557,7 @@ func (x *FactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsRequest.ProtoReflect.Descriptor instead.
 func (*FactsRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 // FactsResponse carries a nixos-facter report.
@@ -1387,7 +1571,7 @@ type FactsResponse struct {
 
 func (x *FactsResponse) Reset() {
 	*x = FactsResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1583,7 @@ func (x *FactsResponse) String() string {
 func (*FactsResponse) ProtoMessage() {}
 
 func (x *FactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1596,7 @@ func (x *FactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsResponse.ProtoReflect.Descriptor instead.
 func (*FactsResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FactsResponse) GetReportJson() []byte {
@@ -1432,7 +1616,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1628,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1641,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConfirmRequest) GetOperationId() string {
@@ -1478,7 +1662,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1674,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1687,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ConfirmResponse) GetOutcome() Outcome {
@@ -1528,7 +1712,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1724,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1737,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RenewCertificateRequest) GetMsg() isRenewCertificateRequest_Msg {
@@ -1608,7 +1792,7 @@ type RenewBegin struct {
 
 func (x *RenewBegin) Reset() {
 	*x = RenewBegin{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1804,7 @@ func (x *RenewBegin) String() string {
 func (*RenewBegin) ProtoMessage() {}
 
 func (x *RenewBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1817,7 @@ func (x *RenewBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBegin.ProtoReflect.Descriptor instead.
 func (*RenewBegin) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewBegin) GetDnsName() string {
@@ -1654,7 +1838,7 @@ type SignedCertificate struct {
 
 func (x *SignedCertificate) Reset() {
 	*x = SignedCertificate{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1850,7 @@ func (x *SignedCertificate) String() string {
 func (*SignedCertificate) ProtoMessage() {}
 
 func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1863,7 @@ func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedCertificate.ProtoReflect.Descriptor instead.
 func (*SignedCertificate) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SignedCertificate) GetCertificatePem() []byte {
@@ -1703,7 +1887,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1899,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1912,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RenewCertificateResponse) GetMsg() isRenewCertificateResponse_Msg {
@@ -1784,7 +1968,7 @@ type CertificateInstalled struct {
 
 func (x *CertificateInstalled) Reset() {
 	*x = CertificateInstalled{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1980,7 @@ func (x *CertificateInstalled) String() string {
 func (*CertificateInstalled) ProtoMessage() {}
 
 func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1993,7 @@ func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInstalled.ProtoReflect.Descriptor instead.
 func (*CertificateInstalled) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CertificateInstalled) GetNotAfter() *timestamppb.Timestamp {
@@ -1823,16 +2007,17 @@ var File_nio_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18nio/agent/v1/agent.proto\x12\fnio.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n" +
+	"\x18nio/agent/v1/agent.proto\x12\fnio.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
 	"\fApplyRequest\x123\n" +
 	"\x06header\x18\x01 \x01(\v2\x19.nio.agent.v1.ApplyHeaderH\x00R\x06header\x121\n" +
-	"\x05chunk\x18\x02 \x01(\v2\x19.nio.agent.v1.SourceChunkH\x00R\x05chunkB\x05\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x19.nio.agent.v1.SourceChunkH\x00R\x05chunk\x122\n" +
+	"\x06secret\x18\x03 \x01(\v2\x18.nio.agent.v1.SecretFileH\x00R\x06secretB\x05\n" +
 	"\x03msg\"3\n" +
 	"\vFlakeTarget\x12\x10\n" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04attr\x18\x02 \x01(\tR\x04attr\"\"\n" +
 	"\fModuleTarget\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\xa7\x03\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"\xe0\x03\n" +
 	"\vApplyHeader\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x121\n" +
 	"\x05flake\x18\x02 \x01(\v2\x19.nio.agent.v1.FlakeTargetH\x00R\x05flake\x124\n" +
@@ -1843,8 +2028,20 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\vsource_size\x18\a \x01(\x03R\n" +
 	"sourceSize\x12B\n" +
 	"\x0fconfirm_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0econfirmTimeout\x122\n" +
-	"\x15resume_after_sequence\x18\t \x01(\x04R\x13resumeAfterSequenceB\b\n" +
-	"\x06target\"!\n" +
+	"\x15resume_after_sequence\x18\t \x01(\x04R\x13resumeAfterSequence\x127\n" +
+	"\asecrets\x18\n" +
+	" \x01(\v2\x1d.nio.agent.v1.SecretsManifestR\asecretsB\b\n" +
+	"\x06target\"?\n" +
+	"\x0fSecretsManifest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"t\n" +
+	"\n" +
+	"SecretFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\tR\x05owner\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\"!\n" +
 	"\vSourceChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"\xd6\x02\n" +
 	"\rApplyResponse\x12\x1a\n" +
@@ -1867,7 +2064,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"N\n" +
 	"\aLogLine\x12/\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x17.nio.agent.v1.LogStreamR\x06stream\x12\x12\n" +
-	"\x04text\x18\x02 \x01(\tR\x04text\"\xdf\x01\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\x86\x02\n" +
 	"\vApplyResult\x12/\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x15.nio.agent.v1.OutcomeR\aoutcome\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1e\n" +
@@ -1878,7 +2075,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"store_path\x18\x04 \x01(\tR\tstorePath\x12\x1f\n" +
 	"\vrolled_back\x18\x05 \x01(\bR\n" +
 	"rolledBack\x12%\n" +
-	"\x0ecurrent_system\x18\x06 \x01(\tR\rcurrentSystem\"\x0f\n" +
+	"\x0ecurrent_system\x18\x06 \x01(\tR\rcurrentSystem\x12%\n" +
+	"\x0esecrets_digest\x18\a \x01(\tR\rsecretsDigest\"\x0f\n" +
 	"\rStatusRequest\"\xb0\x03\n" +
 	"\x10OperationSummary\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x12\x16\n" +
@@ -1978,7 +2176,7 @@ func file_nio_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_nio_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(Action)(0),                      // 0: nio.agent.v1.Action
 	(Phase)(0),                       // 1: nio.agent.v1.Phase
@@ -1988,70 +2186,74 @@ var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(*FlakeTarget)(nil),              // 5: nio.agent.v1.FlakeTarget
 	(*ModuleTarget)(nil),             // 6: nio.agent.v1.ModuleTarget
 	(*ApplyHeader)(nil),              // 7: nio.agent.v1.ApplyHeader
-	(*SourceChunk)(nil),              // 8: nio.agent.v1.SourceChunk
-	(*ApplyResponse)(nil),            // 9: nio.agent.v1.ApplyResponse
-	(*NeedSource)(nil),               // 10: nio.agent.v1.NeedSource
-	(*PhaseEvent)(nil),               // 11: nio.agent.v1.PhaseEvent
-	(*LogLine)(nil),                  // 12: nio.agent.v1.LogLine
-	(*ApplyResult)(nil),              // 13: nio.agent.v1.ApplyResult
-	(*StatusRequest)(nil),            // 14: nio.agent.v1.StatusRequest
-	(*OperationSummary)(nil),         // 15: nio.agent.v1.OperationSummary
-	(*StatusResponse)(nil),           // 16: nio.agent.v1.StatusResponse
-	(*FactsRequest)(nil),             // 17: nio.agent.v1.FactsRequest
-	(*FactsResponse)(nil),            // 18: nio.agent.v1.FactsResponse
-	(*ConfirmRequest)(nil),           // 19: nio.agent.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 20: nio.agent.v1.ConfirmResponse
-	(*RenewCertificateRequest)(nil),  // 21: nio.agent.v1.RenewCertificateRequest
-	(*RenewBegin)(nil),               // 22: nio.agent.v1.RenewBegin
-	(*SignedCertificate)(nil),        // 23: nio.agent.v1.SignedCertificate
-	(*RenewCertificateResponse)(nil), // 24: nio.agent.v1.RenewCertificateResponse
-	(*CertificateInstalled)(nil),     // 25: nio.agent.v1.CertificateInstalled
-	(*durationpb.Duration)(nil),      // 26: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
+	(*SecretsManifest)(nil),          // 8: nio.agent.v1.SecretsManifest
+	(*SecretFile)(nil),               // 9: nio.agent.v1.SecretFile
+	(*SourceChunk)(nil),              // 10: nio.agent.v1.SourceChunk
+	(*ApplyResponse)(nil),            // 11: nio.agent.v1.ApplyResponse
+	(*NeedSource)(nil),               // 12: nio.agent.v1.NeedSource
+	(*PhaseEvent)(nil),               // 13: nio.agent.v1.PhaseEvent
+	(*LogLine)(nil),                  // 14: nio.agent.v1.LogLine
+	(*ApplyResult)(nil),              // 15: nio.agent.v1.ApplyResult
+	(*StatusRequest)(nil),            // 16: nio.agent.v1.StatusRequest
+	(*OperationSummary)(nil),         // 17: nio.agent.v1.OperationSummary
+	(*StatusResponse)(nil),           // 18: nio.agent.v1.StatusResponse
+	(*FactsRequest)(nil),             // 19: nio.agent.v1.FactsRequest
+	(*FactsResponse)(nil),            // 20: nio.agent.v1.FactsResponse
+	(*ConfirmRequest)(nil),           // 21: nio.agent.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 22: nio.agent.v1.ConfirmResponse
+	(*RenewCertificateRequest)(nil),  // 23: nio.agent.v1.RenewCertificateRequest
+	(*RenewBegin)(nil),               // 24: nio.agent.v1.RenewBegin
+	(*SignedCertificate)(nil),        // 25: nio.agent.v1.SignedCertificate
+	(*RenewCertificateResponse)(nil), // 26: nio.agent.v1.RenewCertificateResponse
+	(*CertificateInstalled)(nil),     // 27: nio.agent.v1.CertificateInstalled
+	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
 }
 var file_nio_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: nio.agent.v1.ApplyRequest.header:type_name -> nio.agent.v1.ApplyHeader
-	8,  // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
-	5,  // 2: nio.agent.v1.ApplyHeader.flake:type_name -> nio.agent.v1.FlakeTarget
-	6,  // 3: nio.agent.v1.ApplyHeader.module:type_name -> nio.agent.v1.ModuleTarget
-	0,  // 4: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
-	26, // 5: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
-	27, // 6: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
-	10, // 7: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
-	11, // 8: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
-	12, // 9: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
-	13, // 10: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
-	1,  // 11: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
-	27, // 12: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	3,  // 13: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
-	2,  // 14: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
-	0,  // 15: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
-	2,  // 16: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
-	27, // 17: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
-	27, // 18: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
-	1,  // 19: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
-	15, // 20: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
-	27, // 21: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 22: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
-	22, // 23: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
-	23, // 24: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
-	25, // 25: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
-	27, // 26: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
-	4,  // 27: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
-	14, // 28: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
-	17, // 29: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
-	19, // 30: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
-	21, // 31: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
-	9,  // 32: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
-	16, // 33: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
-	18, // 34: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
-	20, // 35: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
-	24, // 36: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
-	32, // [32:37] is the sub-list for method output_type
-	27, // [27:32] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	10, // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
+	9,  // 2: nio.agent.v1.ApplyRequest.secret:type_name -> nio.agent.v1.SecretFile
+	5,  // 3: nio.agent.v1.ApplyHeader.flake:type_name -> nio.agent.v1.FlakeTarget
+	6,  // 4: nio.agent.v1.ApplyHeader.module:type_name -> nio.agent.v1.ModuleTarget
+	0,  // 5: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
+	28, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
+	8,  // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
+	29, // 8: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
+	12, // 9: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
+	13, // 10: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
+	14, // 11: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
+	15, // 12: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
+	1,  // 13: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
+	29, // 14: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	3,  // 15: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
+	2,  // 16: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
+	0,  // 17: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
+	2,  // 18: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
+	29, // 19: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
+	29, // 20: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
+	17, // 22: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
+	29, // 23: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	2,  // 24: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
+	24, // 25: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
+	25, // 26: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
+	27, // 27: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
+	29, // 28: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 29: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
+	16, // 30: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
+	19, // 31: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
+	21, // 32: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
+	23, // 33: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
+	11, // 34: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
+	18, // 35: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
+	20, // 36: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
+	22, // 37: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
+	26, // 38: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
+	34, // [34:39] is the sub-list for method output_type
+	29, // [29:34] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_nio_agent_v1_agent_proto_init() }
@@ -2062,22 +2264,23 @@ func file_nio_agent_v1_agent_proto_init() {
 	file_nio_agent_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ApplyRequest_Header)(nil),
 		(*ApplyRequest_Chunk)(nil),
+		(*ApplyRequest_Secret)(nil),
 	}
 	file_nio_agent_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
 		(*ApplyHeader_Flake)(nil),
 		(*ApplyHeader_Module)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[7].OneofWrappers = []any{
 		(*ApplyResponse_NeedSource)(nil),
 		(*ApplyResponse_Phase)(nil),
 		(*ApplyResponse_Log)(nil),
 		(*ApplyResponse_Result)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[17].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{
 		(*RenewCertificateRequest_Begin)(nil),
 		(*RenewCertificateRequest_Signed)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[20].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{
 		(*RenewCertificateResponse_CsrPem)(nil),
 		(*RenewCertificateResponse_Installed)(nil),
 	}
@@ -2087,7 +2290,7 @@ func file_nio_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nio_agent_v1_agent_proto_rawDesc), len(file_nio_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
