@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 // TestMachineStatusTellsTheTruth: the Machine controller records reachability, the
@@ -20,10 +20,7 @@ import (
 // ConfigMap owned by the Machine; a rescan request takes a new report.
 func TestMachineStatusTellsTheTruth(t *testing.T) {
 	f := newFixture(t)
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	report := facterfixture.Report
 	fleet := newFakeFleet()
 	host := fleet.host("worker-01")
 	host.set(func(h *fakeHost) {

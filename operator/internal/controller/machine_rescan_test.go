@@ -2,13 +2,13 @@ package controller
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 // TestRescanRequestSurvivesAFailedScan: a rescan whose nixos-facter run fails stays
@@ -16,10 +16,7 @@ import (
 // as handled with no new report.
 func TestRescanRequestSurvivesAFailedScan(t *testing.T) {
 	f := newFixture(t)
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	report := facterfixture.Report
 	fleet := newFakeFleet()
 	host := fleet.host("worker-01")
 	host.set(func(h *fakeHost) { h.facts = report })

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 const dbPassword = "correct-horse-battery-staple-91"
@@ -23,10 +23,7 @@ const dbPassword = "correct-horse-battery-staple-91"
 func TestAdditionalFilesReachTheSource(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	report := facterfixture.Report
 	fleet := newFakeFleet()
 	fleet.host("worker-01").set(func(h *fakeHost) { h.facts = report })
 	f.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-secret", Namespace: f.ns},
