@@ -5,6 +5,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 )
 
 // Condition reasons. Constants, so users and alerts can match on them.
@@ -18,7 +20,7 @@ const (
 	ReasonSourceReady       = "SourceReady"
 	ReasonAuthFailed        = "AuthenticationFailed"
 	ReasonSourceNotFound    = "SourceNotFound"
-	ReasonInvalidConfig     = "InvalidConfiguration"
+	ReasonInvalidConfig     = outcome.ReasonInvalidConfiguration
 	ReasonMachineNotFound   = "MachineNotFound"
 	ReasonMachineInUse      = "MachineInUse"
 	ReasonInstalling        = "Installing"
@@ -33,7 +35,7 @@ const (
 	ReasonAgentDisabled     = "AgentDisabled"
 	ReasonConnected         = "Connected"
 	ReasonReachable         = "Reachable"
-	ReasonSSHKeyMissing     = "SSHKeyMissing"
+	ReasonSSHKeyMissing     = host.ReasonSSHKeyMissing
 	ReasonDependencyPending = "DependencyNotReady"
 	ReasonReconcileFailed   = "ReconciliationFailed"
 )

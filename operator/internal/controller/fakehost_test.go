@@ -14,6 +14,7 @@ import (
 	"time"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
 	"github.com/homystack/nio/operator/internal/transport"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -54,12 +55,12 @@ func (f *fakeFleet) host(name string) *fakeHost {
 }
 
 // Open mimics the real factory: the SSH key Secret must exist when referenced.
-func (f *fakeFleet) Open(ctx context.Context, m *nio.Machine) (Host, error) {
+func (f *fakeFleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 	f.mu.Lock()
 	f.opens[m.Name]++
 	f.mu.Unlock()
 	if m.Spec.SSHKeySecretRef != nil {
-		if _, err := MachineSSHKey(ctx, f.c, m); err != nil {
+		if _, err := host.SSHKey(ctx, f.c, m); err != nil {
 			return nil, err
 		}
 	}

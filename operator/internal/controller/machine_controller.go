@@ -19,6 +19,7 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/facts"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -30,7 +31,7 @@ import (
 type MachineReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
-	Hosts    Hosts
+	Hosts    host.Hosts
 	Locks    *HostLocks
 	PKI      *pki.Issuer
 	Metrics  *Metrics
@@ -169,7 +170,7 @@ func errText(err error, otherwise string) string {
 }
 
 // observeSystem records the running system.
-func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host Host) {
+func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host host.Host) {
 	s, err := host.Status(ctx)
 	if err != nil {
 		log.FromContext(ctx).Info("host status", "error", err.Error())
@@ -186,7 +187,7 @@ func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, h
 // collectFacts takes a nixos-facter report on the first contact, on request (a new
 // nio.homystack.com/rescan value) and every FactsInterval, into a ConfigMap owned by
 // the Machine, with a summary in the status.
-func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host Host) {
+func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host host.Host) {
 	st := &m.Status
 	rescan := m.Annotations[nio.RescanAnnotation]
 	requested := rescan != "" && rescan != st.LastHandledRescanAt
@@ -249,7 +250,7 @@ func (r *MachineReconciler) storeFacts(ctx context.Context, m *nio.Machine, repo
 
 // maintainAgentIdentity delivers the agent's TLS identity over SSH to a host whose
 // agent has none, and renews a connected agent's certificate at two thirds of its life.
-func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Machine, host Host, p transport.ProbeResult) {
+func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Machine, host host.Host, p transport.ProbeResult) {
 	if m.Spec.Agent.Disabled || r.PKI == nil {
 		return
 	}

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -260,7 +261,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 // applyError handles an apply that did not reach an outcome.
 func (r *NixosConfigurationReconciler) applyError(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, err error) (reconcile.Result, error) {
 	switch {
-	case errors.Is(err, ErrConfig):
+	case errors.Is(err, outcome.ErrConfig):
 		return reconcile.Result{}, err
 	case errors.Is(err, transport.ErrBusy):
 		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Machine %s is busy with another operation", m.Name))

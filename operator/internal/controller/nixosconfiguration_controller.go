@@ -17,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 )
 
@@ -30,7 +32,7 @@ type NixosConfigurationReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Sources   *Sources
-	Hosts     Hosts
+	Hosts     host.Hosts
 	Locks     *HostLocks
 	Installer Installer
 	PKI       *pki.Issuer
@@ -127,10 +129,13 @@ func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.N
 // marked ErrConfig), and its condition reason.
 func configReason(err error) (string, bool) {
 	var st stalledError
+	var ost *outcome.Stalling
 	switch {
 	case errors.As(err, &st):
 		return st.reason, true
-	case errors.Is(err, ErrConfig):
+	case errors.As(err, &ost):
+		return ost.Reason, true
+	case errors.Is(err, outcome.ErrConfig):
 		return ReasonInvalidConfig, true
 	}
 	return "", false

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -130,7 +131,7 @@ func installFailedMessage(obj *nio.NixosConfiguration) string {
 
 // installedAlready asks the host itself: our agent answering means NIO installed or
 // adopted it; otherwise the marker file, over SSH.
-func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, host Host) (bool, string, error) {
+func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, host host.Host) (bool, string, error) {
 	if p := host.Probe(ctx); p.AgentReachable {
 		return true, "nio-agent answers", nil
 	}
@@ -149,7 +150,7 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	if err != nil {
 		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
 	}
-	key, err := MachineSSHKey(ctx, r.Client, m)
+	key, err := host.SSHKey(ctx, r.Client, m)
 	if err != nil {
 		return false, reconcile.Result{}, err
 	}
@@ -259,30 +260,6 @@ func (r *NixosConfigurationReconciler) patchMachineInstalled(ctx context.Context
 		return fmt.Errorf("patch Machine %s host key: %w", m.Name, err)
 	}
 	return nil
-}
-
-// MachineSSHKey reads the Machine's SSH private key from its Secret.
-func MachineSSHKey(ctx context.Context, c client.Client, m *nio.Machine) ([]byte, error) {
-	ref := m.Spec.SSHKeySecretRef
-	if ref == nil {
-		return nil, stalled(ReasonSSHKeyMissing, "Machine %s has no sshKeySecretRef", m.Name)
-	}
-	key := ref.Key
-	if key == "" {
-		key = "ssh-privatekey"
-	}
-	s := &corev1.Secret{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: ref.Name}, s); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return nil, stalled(ReasonSSHKeyMissing, "Secret %s (Machine %s's SSH key) not found", ref.Name, m.Name)
-		}
-		return nil, fmt.Errorf("get Secret %s: %w", ref.Name, err)
-	}
-	v, ok := s.Data[key]
-	if !ok || len(v) == 0 {
-		return nil, stalled(ReasonSSHKeyMissing, "Secret %s has no key %q (Machine %s's SSH key)", ref.Name, key, m.Name)
-	}
-	return v, nil
 }
 
 // unpackArchive writes a rendered archive into dir (for nixos-anywhere, which reads
