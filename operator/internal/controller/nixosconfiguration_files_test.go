@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/testkit/facterfixture"
 )
 
@@ -24,8 +25,8 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
 	report := facterfixture.Report
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) { h.facts = report })
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.FactsReport = report })
 	f.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-secret", Namespace: f.ns},
 		Data: map[string][]byte{"password": []byte(dbPassword)}})
 	f.op = startOperator(t, f.ns, fleet, nil)
@@ -41,8 +42,8 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 	}))
 	f.waitApplied("worker-config", "worker-01", first)
 
-	host := fleet.host("worker-01")
-	op := host.ops()[0]
+	host := fleet.Host("worker-01")
+	op := host.Ops()[0]
 	if op.Files["secrets/database-password"] != dbPassword || op.Modes["secrets/database-password"] != 0o600 {
 		t.Errorf("secret file = %q mode %o, want the Secret's value, 0600", op.Files["secrets/database-password"], op.Modes["secrets/database-password"])
 	}
@@ -69,7 +70,7 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "rotated secret applied", func() error {
-		ops := host.ops()
+		ops := host.Ops()
 		if last := ops[len(ops)-1]; len(ops) < 2 || last.Files["secrets/database-password"] != rotated || last.Outcome != "Succeeded" {
 			return errorf("%d applies", len(ops))
 		}

@@ -23,6 +23,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/operator/internal/testenv"
@@ -72,8 +73,8 @@ func tailOf(s string, n int) string {
 type operator struct {
 	metrics   *Metrics
 	trigger   *Trigger
-	fleet     *fakeFleet
-	installer *fakeInstaller
+	fleet     *hosttest.Fleet
+	installer *hosttest.Installer
 	cancel    context.CancelFunc
 	done      chan error
 }
@@ -82,13 +83,13 @@ type operator struct {
 func newNamespace(t *testing.T) string { return env.Namespace(t, "ctrl") }
 
 // startOperator runs the controllers until the test ends (or stop is called).
-func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+func startOperator(t *testing.T, ns string, fleet *hosttest.Fleet, installer *hosttest.Installer, sourceOpts ...func(*source.Options)) *operator {
 	t.Helper()
 	return startOperatorIn(t, []string{ns}, fleet, installer, sourceOpts...)
 }
 
 // startOperatorIn is startOperator watching several namespaces (one source cache).
-func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+func startOperatorIn(t *testing.T, namespaces []string, fleet *hosttest.Fleet, installer *hosttest.Installer, sourceOpts ...func(*source.Options)) *operator {
 	t.Helper()
 	// Each test's operator sees its own namespaces only: earlier tests' objects stay.
 	watched := map[string]cache.Config{}
@@ -106,9 +107,9 @@ func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, instal
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet.c = mgr.GetClient()
+	fleet.Client = mgr.GetClient()
 	if installer == nil {
-		installer = &fakeInstaller{fleet: fleet}
+		installer = &hosttest.Installer{Fleet: fleet}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ca, err := pki.LoadOrCreateCA(ctx, env.Client, "default", "nio-ca", time.Now())

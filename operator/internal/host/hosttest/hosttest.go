@@ -1,4 +1,8 @@
-package controller
+// Package hosttest is the recording stand-in for hosts: what a NixOS kernel, a disk
+// and the network would do is behind the host.Host seam, and a Fleet of stand-ins
+// records what the controllers asked of each. Controller tests drive it; so can any
+// other controller's.
+package hosttest
 
 import (
 	"archive/tar"
@@ -20,55 +24,57 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// fakeFleet is the recording stand-in for hosts: what a NixOS kernel, a disk and
-// the network would do is behind the Host seam. Each Machine name has one fakeHost.
-type fakeFleet struct {
-	c     client.Client
-	mu    sync.Mutex
-	hosts map[string]*fakeHost
-	opens map[string]int // Open calls per Machine name, failed ones included
+// Fleet opens the stand-ins: each Machine name has one Host.
+type Fleet struct {
+	// Client reads the Machines' SSH key Secrets (as the real Hosts do).
+	Client client.Client
+	mu     sync.Mutex
+	hosts  map[string]*Host
+	opens  map[string]int // Open calls per Machine name, failed ones included
 }
 
-func newFakeFleet() *fakeFleet {
-	return &fakeFleet{hosts: map[string]*fakeHost{}, opens: map[string]int{}}
+// NewFleet returns a Fleet; set Client before the first Open of a Machine with an
+// SSH key.
+func NewFleet() *Fleet {
+	return &Fleet{hosts: map[string]*Host{}, opens: map[string]int{}}
 }
 
-// openCount is how many times Open was called for Machine name.
-func (f *fakeFleet) openCount(name string) int {
+// OpenCount is how many times Open was called for Machine name.
+func (f *Fleet) OpenCount(name string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.opens[name]
 }
 
-// host is the stand-in of Machine name. Tests run one namespace each, one operator
+// Host is the stand-in of Machine name. Tests run one namespace each, one operator
 // each (its cache limited to that namespace), so names are unique within a fleet.
-func (f *fakeFleet) host(name string) *fakeHost {
+func (f *Fleet) Host(name string) *Host {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	h, ok := f.hosts[name]
 	if !ok {
-		h = &fakeHost{name: name, agentUp: true, sshUp: true, failCommits: map[string][]string{},
-			fingerprint: "SHA256:fake-" + name, agentVersion: "test"}
+		h = &Host{name: name, AgentUp: true, SSHUp: true, FailCommits: map[string][]string{},
+			Fingerprint: "SHA256:fake-" + name, AgentVersion: "test"}
 		f.hosts[name] = h
 	}
 	return h
 }
 
 // Open mimics the real factory: the SSH key Secret must exist when referenced.
-func (f *fakeFleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
+func (f *Fleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 	f.mu.Lock()
 	f.opens[m.Name]++
 	f.mu.Unlock()
 	if m.Spec.SSHKeySecretRef != nil {
-		if _, err := host.SSHKey(ctx, f.c, m); err != nil {
+		if _, err := host.SSHKey(ctx, f.Client, m); err != nil {
 			return nil, err
 		}
 	}
-	return f.host(m.Name), nil
+	return f.Host(m.Name), nil
 }
 
-// appliedOp is one Apply a fakeHost received.
-type appliedOp struct {
+// AppliedOp is one Apply a Host received.
+type AppliedOp struct {
 	ID        string
 	Commit    string
 	Action    string
@@ -79,44 +85,57 @@ type appliedOp struct {
 	Outcome   transport.Outcome
 }
 
-type fakeHost struct {
+// Host is one Machine's stand-in. Tests change its fields through Set.
+type Host struct {
 	name string
+	mu   sync.Mutex
 
-	mu           sync.Mutex
-	agentUp      bool
-	sshUp        bool
-	confirmFails bool
-	sshMismatch  bool
-	failCommits  map[string][]string // commit → build error lines
-	marker       bool
-	facts        []byte
-	factsFails   int // the next factsFails Facts calls fail (nixos-facter crashed)
-	fingerprint  string
-	agentVersion string
-	generation   int64
-	current      string
-	applies      []appliedOp
-	identities   int
-	identityErr  error // AgentIdentityPresent fails with it (e.g. sudo refused)
-	// block, when set, holds Apply until closed (a long build).
-	block chan struct{}
+	// AgentUp and SSHUp say which ways answer (Apply goes over the agent when up).
+	AgentUp, SSHUp bool
+	// ConfirmFails makes Confirm fail: a switch rolls back.
+	ConfirmFails bool
+	// SSHMismatch makes the probe see another host key.
+	SSHMismatch bool
+	// FailCommits are the commits whose build fails, with their error lines.
+	FailCommits map[string][]string
+	// Marker is the install marker (/var/lib/nio/installed).
+	Marker bool
+	// FactsReport is what nixos-facter prints (nil: not installed).
+	FactsReport []byte
+	// FactsFails is how many of the next Facts calls fail (nixos-facter crashed).
+	FactsFails int
+	// Fingerprint is the SSH host key's; AgentVersion the agent's.
+	Fingerprint, AgentVersion string
+	// Generation and Current are the system profile's generation and running system.
+	Generation int64
+	Current    string
+	// Identities counts the agent TLS identities delivered.
+	Identities int
+	// IdentityErr makes AgentIdentityPresent fail (e.g. sudo refused).
+	IdentityErr error
+	// Block, when set, holds Apply until closed (a long build).
+	Block chan struct{}
+
+	applies []AppliedOp
 }
 
-func (h *fakeHost) set(f func(h *fakeHost)) {
+// Set changes the stand-in under its lock.
+func (h *Host) Set(f func(h *Host)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	f(h)
 }
 
-func (h *fakeHost) ops() []appliedOp {
+// Ops are the Applies the stand-in received, in order.
+func (h *Host) Ops() []AppliedOp {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return append([]appliedOp(nil), h.applies...)
+	return append([]AppliedOp(nil), h.applies...)
 }
 
-func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
+func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
 	h.mu.Lock()
-	up, agent, block := h.agentUp || h.sshUp, h.agentUp, h.block
+	up, agent, block := h.AgentUp || h.SSHUp, h.AgentUp, h.Block
 	h.mu.Unlock()
 	if !up {
 		return transport.ApplyResult{}, fmt.Errorf("dial %s: %w", h.name, transport.ErrUnreachable)
@@ -136,7 +155,7 @@ func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (trans
 			return transport.ApplyResult{}, ctx.Err()
 		}
 	}
-	op := appliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes}
+	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes}
 	emit := func(line string) {
 		if req.OnEvent != nil {
 			req.OnEvent(transport.Event{Kind: transport.EventLog, Line: line, Time: time.Now()})
@@ -147,7 +166,7 @@ func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (trans
 		emit("read " + fmt.Sprint(len(content)) + " bytes") // never the content itself
 	}
 	h.mu.Lock()
-	errLines, fails := h.failCommits[req.Commit]
+	errLines, fails := h.FailCommits[req.Commit]
 	h.mu.Unlock()
 	res := transport.ApplyResult{Transport: via}
 	if fails {
@@ -173,9 +192,9 @@ func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (trans
 		}
 	}
 	h.mu.Lock()
-	h.generation++
-	h.current = storePath
-	res.Generation = h.generation
+	h.Generation++
+	h.Current = storePath
+	res.Generation = h.Generation
 	h.mu.Unlock()
 	res.Outcome, res.StorePath = transport.OutcomeSucceeded, storePath
 	op.Outcome = res.Outcome
@@ -183,137 +202,146 @@ func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (trans
 	return res, nil
 }
 
-func (h *fakeHost) gen() int64 {
+func (h *Host) gen() int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.generation
+	return h.Generation
 }
 
-func (h *fakeHost) record(op appliedOp) {
+func (h *Host) record(op AppliedOp) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.applies = append(h.applies, op)
 }
 
-func (h *fakeHost) Status(context.Context) (transport.SystemStatus, error) {
+func (h *Host) Status(context.Context) (transport.SystemStatus, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.agentUp && !h.sshUp {
+	if !h.AgentUp && !h.SSHUp {
 		return transport.SystemStatus{}, transport.ErrUnreachable
 	}
-	return transport.SystemStatus{CurrentSystem: h.current, BootedSystem: h.current, Generation: h.generation,
-		AgentVersion: h.agentVersion}, nil
+	return transport.SystemStatus{CurrentSystem: h.Current, BootedSystem: h.Current, Generation: h.Generation,
+		AgentVersion: h.AgentVersion}, nil
 }
 
-func (h *fakeHost) Facts(context.Context) ([]byte, error) {
+func (h *Host) Facts(context.Context) ([]byte, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.facts == nil {
+	if h.FactsReport == nil {
 		return nil, errors.New("nixos-facter: not found")
 	}
-	if h.factsFails > 0 {
-		h.factsFails--
+	if h.FactsFails > 0 {
+		h.FactsFails--
 		return nil, errors.New("nixos-facter: killed by signal")
 	}
-	return h.facts, nil
+	return h.FactsReport, nil
 }
 
-func (h *fakeHost) Confirm(context.Context, string) error {
+func (h *Host) Confirm(context.Context, string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.confirmFails || !h.agentUp {
+	if h.ConfirmFails || !h.AgentUp {
 		return fmt.Errorf("confirm: %w", transport.ErrUnreachable)
 	}
 	return nil
 }
 
-func (h *fakeHost) Probe(context.Context) transport.ProbeResult {
+func (h *Host) Probe(context.Context) transport.ProbeResult {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	p := transport.ProbeResult{AgentReachable: h.agentUp, SSHReachable: h.sshUp}
-	if h.agentUp {
-		p.AgentVersion = h.agentVersion
+	p := transport.ProbeResult{AgentReachable: h.AgentUp, SSHReachable: h.SSHUp}
+	if h.AgentUp {
+		p.AgentVersion = h.AgentVersion
 	} else {
 		p.AgentError = fmt.Errorf("dial: %w", transport.ErrUnreachable)
 	}
 	switch {
-	case h.sshMismatch:
+	case h.SSHMismatch:
 		p.SSHError = fmt.Errorf("host key SHA256:other: %w", transport.ErrHostKeyMismatch)
-	case h.sshUp:
-		p.SSHHostKeyFingerprint = h.fingerprint
+	case h.SSHUp:
+		p.SSHHostKeyFingerprint = h.Fingerprint
 	default:
 		p.SSHError = fmt.Errorf("dial: %w", transport.ErrUnreachable)
 	}
 	return p
 }
 
-func (h *fakeHost) AgentIdentityPresent(context.Context) (bool, error) {
+func (h *Host) AgentIdentityPresent(context.Context) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.identityErr != nil {
-		return false, h.identityErr
+	if h.IdentityErr != nil {
+		return false, h.IdentityErr
 	}
-	return h.identities > 0, nil
+	return h.Identities > 0, nil
 }
 
-func (h *fakeHost) InstallAgentIdentity(_ context.Context, ca, cert, key []byte) error {
+func (h *Host) InstallAgentIdentity(_ context.Context, ca, cert, key []byte) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(ca) == 0 || len(cert) == 0 || len(key) == 0 {
 		return errors.New("empty identity")
 	}
-	h.identities++
+	h.Identities++
 	return nil
 }
 
-func (h *fakeHost) RenewAgentCertificate(context.Context, func([]byte) ([]byte, error)) (time.Time, error) {
+func (h *Host) RenewAgentCertificate(context.Context, func([]byte) ([]byte, error)) (time.Time, error) {
 	return time.Time{}, errors.New("not supported by the fake")
 }
 
-func (h *fakeHost) InstallMarkerPresent(context.Context) (bool, error) {
+func (h *Host) InstallMarkerPresent(context.Context) (bool, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.sshUp {
+	if !h.SSHUp {
 		return false, transport.ErrUnreachable
 	}
-	return h.marker, nil
+	return h.Marker, nil
 }
 
-func (h *fakeHost) Close() error { return nil }
+func (h *Host) Close() error { return nil }
 
-// fakeInstaller records nixos-anywhere runs; a run leaves the marker on the host.
-type fakeInstaller struct {
-	fleet *fakeFleet
+// Installer records nixos-anywhere runs; a run leaves the marker on the Fleet's host.
+type Installer struct {
+	Fleet *Fleet
 	mu    sync.Mutex
 	runs  []install.Request
 	at    []time.Time // when each run started
-	// fail, when set, makes every run fail (kexec refused, disk busy, ...).
-	fail error
+	// Fail, when set, makes every run fail (kexec refused, disk busy, ...).
+	Fail error
 }
 
-func (f *fakeInstaller) Run(_ context.Context, req install.Request) (install.Result, error) {
+func (f *Installer) Run(_ context.Context, req install.Request) (install.Result, error) {
 	f.mu.Lock()
 	f.runs = append(f.runs, req)
 	f.at = append(f.at, time.Now())
-	fail := f.fail
+	fail := f.Fail
 	f.mu.Unlock()
 	if fail != nil {
 		return install.Result{LogTail: []string{"kexec: " + fail.Error()}}, fail
 	}
-	f.fleet.host(req.Machine).set(func(h *fakeHost) { h.marker = true; h.generation = 1 })
+	f.Fleet.Host(req.Machine).Set(func(h *Host) { h.Marker = true; h.Generation = 1 })
 	return install.Result{HostPublicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}, nil
 }
 
-func (f *fakeInstaller) times() []time.Time {
+// Times are when each run started.
+func (f *Installer) Times() []time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]time.Time(nil), f.at...)
 }
 
-func (f *fakeInstaller) count() int {
+// Count is how many runs there were.
+func (f *Installer) Count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.runs)
+}
+
+// Runs are the install requests, in order.
+func (f *Installer) Runs() []install.Request {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]install.Request(nil), f.runs...)
 }
 
 func hashOf(s string) string {
