@@ -24,10 +24,12 @@ import (
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
-// MachineReconciler keeps a Machine's status true to its host: reachability (agent,
-// then SSH), the running system, the SSH host key, the nixos-facter facts, and the
-// agent's TLS identity (delivered over SSH to an agent without one, renewed at two
-// thirds of its life). It writes only the status fields it owns, once per pass.
+// MachineReconciler keeps a Machine's status true to its host and to its
+// configuration: reachability (agent, then SSH), the running system, the SSH host key,
+// the nixos-facter facts, the agent's TLS identity (delivered over SSH to an agent
+// without one, renewed at two thirds of its life), and what was applied to it, copied
+// from the status of the NixosConfiguration applied last. It is the one writer of the
+// Machine's status, once per pass.
 type MachineReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
@@ -53,6 +55,18 @@ type MachineReconciler struct {
 	// FactsRetry, not on every probe.
 	factsMu     sync.Mutex
 	factsFailed map[types.NamespacedName]factsFailure
+
+	// probed remembers each Machine's last probe: a pass brought by a configuration's
+	// status only copies what was applied, and probes the host only when a probe is
+	// due anyway (the interval passed, or the Machine or its SSH key Secret changed).
+	probeMu sync.Mutex
+	probed  map[types.NamespacedName]probeMemo
+}
+
+type probeMemo struct {
+	at          time.Time
+	generation  int64
+	annotations string
 }
 
 type factsFailure struct {
@@ -62,6 +76,7 @@ type factsFailure struct {
 
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -71,16 +86,23 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	start := r.now()
 	m := &nio.Machine{}
 	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forgetProbe(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	defer func() { r.Metrics.observeReconcile("Machine", start, retErr) }()
-	// The NixosConfiguration controller writes fields of this status too (what was
-	// applied, the host key an install generated): a pass that read an older Machine
-	// must not write back what it saw, so the write is conditional on the version read.
+	// People edit this status too (clearing sshHostKeyFingerprint to accept a new host
+	// key): a pass that read an older Machine must not write back what it saw, so the
+	// write is conditional on the version read.
 	sw := newStatusWriter(r.Client, m)
 	sw.optimistic = true
 	defer func() {
 		err := sw.flush(ctx, m)
+		if err != nil {
+			// What this pass observed was not written: the retry observes again.
+			r.forgetProbe(req.NamespacedName)
+		}
 		switch {
 		case apierrors.IsConflict(err):
 			log.FromContext(ctx).V(1).Info("Machine changed during the pass; probing again")
@@ -90,6 +112,13 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		}
 	}()
 	m.Status.ObservedGeneration = m.Generation
+
+	if err := r.observeConfiguration(ctx, m); err != nil {
+		return reconcile.Result{}, err
+	}
+	if wait, due := r.probeDue(m); !due {
+		return reconcile.Result{RequeueAfter: wait}, nil
+	}
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
@@ -107,6 +136,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	defer host.Close()
 
+	r.rememberProbe(m)
 	probe := host.Probe(ctx)
 	r.observeProbe(m, probe)
 	if m.Status.Discoverable && !errors.Is(probe.SSHError, transport.ErrHostKeyMismatch) {
@@ -115,6 +145,87 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		r.maintainAgentIdentity(ctx, m, host, probe)
 	}
 	return reconcile.Result{RequeueAfter: r.probeInterval()}, nil
+}
+
+// observeConfiguration copies what was applied to the Machine from the status of the
+// NixosConfiguration applied to it last (the one whose status.targetMachine names it
+// with the latest lastAppliedTime), or clears it when there is none. The
+// configuration's status is the record: a Machine write that fails is repaired by the
+// next pass, and appliedCommit never names a commit that did not switch, since the
+// configuration's does not.
+func (r *MachineReconciler) observeConfiguration(ctx context.Context, m *nio.Machine) error {
+	var list nio.NixosConfigurationList
+	if err := r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingFields{indexTargetMachine: m.Name}); err != nil {
+		return fmt.Errorf("list configurations applied to Machine %s: %w", m.Name, err)
+	}
+	st := &m.Status
+	c := lastApplied(list.Items, m.Name)
+	if c == nil {
+		st.HasConfiguration, st.AppliedConfiguration, st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = false, "", "", "", nil
+		return nil
+	}
+	cs := &c.Status
+	// An install the Machine has not seen yet (it predates its lastAppliedTime
+	// otherwise) brings the host key the operator generated for the new system. Once
+	// taken, a person may still clear the fingerprint to accept another key.
+	if cs.InstalledHostKeyFingerprint != "" && cs.InstalledTime != nil && (st.LastAppliedTime == nil || st.LastAppliedTime.Before(cs.InstalledTime)) {
+		st.SSHHostKeyFingerprint = cs.InstalledHostKeyFingerprint
+	}
+	st.HasConfiguration, st.AppliedConfiguration = true, c.Name
+	st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = cs.AppliedCommit, shortCommit(cs.AppliedCommit), cs.LastAppliedTime.DeepCopy()
+	return nil
+}
+
+// lastApplied is, among configurations, the one applied last to Machine machine.
+func lastApplied(items []nio.NixosConfiguration, machine string) *nio.NixosConfiguration {
+	var last *nio.NixosConfiguration
+	for i := range items {
+		c := &items[i]
+		if c.Status.TargetMachine != machine || c.Status.AppliedCommit == "" {
+			continue
+		}
+		if last == nil || appliedAt(c).After(appliedAt(last)) || appliedAt(c).Equal(appliedAt(last)) && c.Name < last.Name {
+			last = c
+		}
+	}
+	return last
+}
+
+func appliedAt(c *nio.NixosConfiguration) time.Time {
+	if c.Status.LastAppliedTime == nil {
+		return time.Time{}
+	}
+	return c.Status.LastAppliedTime.Time
+}
+
+// probeDue tells whether the pass probes the host, or how long until it does.
+func (r *MachineReconciler) probeDue(m *nio.Machine) (time.Duration, bool) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	last, ok := r.probed[types.NamespacedName{Namespace: m.Namespace, Name: m.Name}]
+	if !ok || last.generation != m.Generation || last.annotations != fmt.Sprint(m.Annotations) {
+		return 0, true
+	}
+	wait := last.at.Add(r.probeInterval()).Sub(r.now())
+	return wait, wait <= 0
+}
+
+func (r *MachineReconciler) rememberProbe(m *nio.Machine) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	if r.probed == nil {
+		r.probed = map[types.NamespacedName]probeMemo{}
+	}
+	r.probed[types.NamespacedName{Namespace: m.Namespace, Name: m.Name}] = probeMemo{
+		at: r.now(), generation: m.Generation, annotations: fmt.Sprint(m.Annotations),
+	}
+}
+
+// forgetProbe makes the next pass of Machine key probe the host.
+func (r *MachineReconciler) forgetProbe(key types.NamespacedName) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	delete(r.probed, key)
 }
 
 // observeProbe records what the probe saw: discoverable, the agent, the host key,

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -183,7 +181,7 @@ func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWrit
 	if err != nil {
 		return r.applyError(ctx, obj, m, err)
 	}
-	return r.record(ctx, sw, obj, m, src, op, res, started)
+	return r.record(ctx, obj, m, src, op, res, started)
 }
 
 // run performs the operation on the host. The operation is written into the status
@@ -277,10 +275,10 @@ func (r *NixosConfigurationReconciler) applyError(ctx context.Context, obj *nio.
 	return reconcile.Result{}, reportedError{err}
 }
 
-// record writes the outcome of an apply: on success the configuration's status, then
-// the Machine's, then a Normal event; on failure the attempt, a Warning event with the
+// record writes the outcome of an apply: on success the configuration's status and a
+// Normal event; on failure the attempt, a Warning event with the
 // log tail, and a retry after backoff.
-func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation, res transport.ApplyResult, started time.Time) (reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) record(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation, res transport.ApplyResult, started time.Time) (reconcile.Result, error) {
 	now := r.now()
 	rev := revision(obj.Spec.Ref, src.commit)
 	entry := nio.HistoryEntry{
@@ -324,14 +322,9 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d)", rev, m.Name, res.Transport, res.Generation)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
 	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+rev)
-	// The configuration's status first, then the Machine's: a crash in between leaves
-	// the Machine behind, never ahead.
-	if err := sw.flush(ctx, obj); err != nil {
-		return reconcile.Result{}, err
-	}
-	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
-		return reconcile.Result{}, err
-	}
+	// The Machine controller copies what was applied into the Machine's status from
+	// this status (targetMachine names the Machine): one writer, and a failed write of
+	// the Machine is repaired by its next pass, never left until the next commit.
 	r.event(obj, corev1.EventTypeNormal, "Applied", "Apply", msg)
 	log.FromContext(ctx).Info("applied", "revision", rev, "transport", res.Transport, "generation", res.Generation)
 	return reconcile.Result{RequeueAfter: r.interval(obj)}, nil
@@ -342,31 +335,6 @@ func pushHistory(st *nio.NixosConfigurationStatus, e nio.HistoryEntry) {
 	if len(st.History) > historyLimit {
 		st.History = st.History[:historyLimit]
 	}
-}
-
-// patchMachineApplied writes the fields of the Machine's status this controller owns,
-// and only those (a JSON merge patch of the status subresource).
-func (r *NixosConfigurationReconciler) patchMachineApplied(ctx context.Context, m *nio.Machine, config, commit string, at *metav1.Time) error {
-	type fields struct {
-		HasConfiguration     bool         `json:"hasConfiguration"`
-		AppliedConfiguration *string      `json:"appliedConfiguration"`
-		AppliedCommit        *string      `json:"appliedCommit"`
-		AppliedCommitShort   *string      `json:"appliedCommitShort"`
-		LastAppliedTime      *metav1.Time `json:"lastAppliedTime"`
-	}
-	f := fields{}
-	if config != "" {
-		short := shortCommit(commit)
-		f = fields{HasConfiguration: true, AppliedConfiguration: &config, AppliedCommit: &commit, AppliedCommitShort: &short, LastAppliedTime: at}
-	}
-	body, err := json.Marshal(map[string]any{"status": f})
-	if err != nil {
-		return err
-	}
-	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
-		return fmt.Errorf("patch Machine %s status: %w", m.Name, err)
-	}
-	return nil
 }
 
 func (r *NixosConfigurationReconciler) event(obj *nio.NixosConfiguration, typ, reason, action, note string) {

@@ -55,7 +55,6 @@ type NixosConfigurationReconciler struct {
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/finalizers,verbs=update
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
-// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

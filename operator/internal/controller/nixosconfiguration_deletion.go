@@ -21,8 +21,8 @@ import (
 )
 
 // reconcileDelete handles a deleted configuration: apply onRemoveFlake (when set and
-// this configuration was applied), clear the Machine's configuration fields, then let
-// the object go. A host that can't be reached keeps the finalizer, with a condition
+// this configuration was applied), release the Machine (its configuration fields are
+// cleared), then let the object go. A host that can't be reached keeps the finalizer, with a condition
 // saying so, until it can or a person sets nio.homystack.com/skip-removal.
 func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
 	if !controllerutil.ContainsFinalizer(obj, nio.Finalizer) {
@@ -48,10 +48,20 @@ func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *
 		logger.Info("removal skipped by annotation", "annotation", nio.SkipRemovalAnnotation)
 	}
 
-	if m != nil && m.Status.AppliedConfiguration == obj.Name {
-		if err := r.patchMachineApplied(ctx, m, "", "", nil); err != nil && !apierrors.IsNotFound(err) {
+	// Release the Machine: the Machine controller derives its configuration fields
+	// from the configurations applied to it, so forgetting what this one applied
+	// clears them. The finalizer goes once the Machine says so (or a person lets go):
+	// a configuration is never gone while its Machine still names it.
+	if st := &obj.Status; st.TargetMachine != "" || st.AppliedCommit != "" {
+		st.TargetMachine, st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = "", "", "", nil
+		if err := sw.flush(ctx, obj); err != nil {
 			return reconcile.Result{}, err
 		}
+	}
+	if m != nil && m.Status.AppliedConfiguration == obj.Name && !skip {
+		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonRemoving,
+			fmt.Sprintf("Waiting for Machine %s to stop naming this configuration", m.Name))
+		return reconcile.Result{RequeueAfter: 2 * time.Second}, nil
 	}
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, nio.Finalizer)

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -232,34 +230,29 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
 	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+revision(obj.Spec.Ref, src.commit))
 	r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeSucceeded}, now.Sub(started))
-	if err := sw.flush(ctx, obj); err != nil {
-		return false, reconcile.Result{}, err
-	}
-	if err := r.patchMachineInstalled(ctx, m, res.HostPublicKey); err != nil {
-		return false, reconcile.Result{}, err
-	}
-	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
+	// The Machine controller takes the generated host key's fingerprint, with what was
+	// applied, from this status.
+	fp, err := hostKeyFingerprint(res.HostPublicKey)
+	st.InstalledHostKeyFingerprint = fp
+	if err != nil {
 		return false, reconcile.Result{}, err
 	}
 	r.event(obj, corev1.EventTypeNormal, ReasonInstalled, "Install", msg)
 	return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
 }
 
-// patchMachineInstalled records the fingerprint of the host key the operator
-// generated for the new system, so SSH trusts it without trust-on-first-use.
-func (r *NixosConfigurationReconciler) patchMachineInstalled(ctx context.Context, m *nio.Machine, hostKey string) error {
+// hostKeyFingerprint is the SHA256 fingerprint of the host key the operator
+// generated for a new system ("" when there is none), so SSH trusts it without
+// trust on first use.
+func hostKeyFingerprint(hostKey string) (string, error) {
 	if hostKey == "" {
-		return nil
+		return "", nil
 	}
 	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
 	if err != nil {
-		return fmt.Errorf("installed host key: %w", err)
+		return "", fmt.Errorf("installed host key: %w", err)
 	}
-	body, _ := json.Marshal(map[string]any{"status": map[string]any{"sshHostKeyFingerprint": ssh.FingerprintSHA256(pub)}})
-	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
-		return fmt.Errorf("patch Machine %s host key: %w", m.Name, err)
-	}
-	return nil
+	return ssh.FingerprintSHA256(pub), nil
 }
 
 // unpackArchive writes a rendered archive into dir (for nixos-anywhere, which reads

@@ -42,9 +42,18 @@ func TestFullInstallRunsOnce(t *testing.T) {
 	if cond := condition(c.Status.Conditions, nio.ConditionInstalled); cond == nil || cond.Status != metav1.ConditionTrue {
 		t.Errorf("Installed = %+v", cond)
 	}
-	if m := getMachine(t, f.ns, "worker-01"); m.Status.SSHHostKeyFingerprint == "" {
-		t.Errorf("the generated host key's fingerprint was not recorded")
+	// The Machine trusts the host key generated for the new system, not the one the
+	// installer image showed on first contact.
+	want, err := hostKeyFingerprint(hosttest.InstalledHostKey)
+	if err != nil || c.Status.InstalledHostKeyFingerprint != want {
+		t.Fatalf("installedHostKeyFingerprint = %q, want %q (%v)", c.Status.InstalledHostKeyFingerprint, want, err)
 	}
+	eventually(t, 20*time.Second, "the generated host key's fingerprint recorded", func() error {
+		if fp := getMachine(t, f.ns, "worker-01").Status.SSHHostKeyFingerprint; fp != want {
+			return errorf("Machine fingerprint %q, want %q", fp, want)
+		}
+		return nil
+	})
 
 	// The installed system runs the agent; a push is a day-two switch.
 	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = true })

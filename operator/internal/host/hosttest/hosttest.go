@@ -320,8 +320,11 @@ func (f *Installer) Run(_ context.Context, req install.Request) (install.Result,
 		return install.Result{LogTail: []string{"kexec: " + fail.Error()}}, fail
 	}
 	f.Fleet.Host(req.Machine).Set(func(h *Host) { h.Marker = true; h.Generation = 1 })
-	return install.Result{HostPublicKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"}, nil
+	return install.Result{HostPublicKey: InstalledHostKey}, nil
 }
+
+// InstalledHostKey is the host key every successful install reports it generated.
+const InstalledHostKey = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
 // Times are when each run started.
 func (f *Installer) Times() []time.Time {
