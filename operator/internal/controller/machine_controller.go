@@ -20,6 +20,7 @@ import (
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/facts"
 	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -113,38 +114,39 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}()
 	m.Status.ObservedGeneration = m.Generation
 
+	summary := outcome.Summary{Object: m, Conditions: &m.Status.Conditions, Recorder: r.Recorder}
 	if err := r.observeConfiguration(ctx, m); err != nil {
-		return reconcile.Result{}, err
+		return summary.Summarize(ctx, outcome.Success{}, err)
 	}
 	if wait, due := r.probeDue(m); !due {
+		// Nothing new was observed of the host: its conditions stand.
 		return reconcile.Result{RequeueAfter: wait}, nil
 	}
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		if reason, ok := configReason(err); ok {
-			// A missing SSH key Secret (or key in it) is the user's to fix: retrying
-			// changes nothing, and the Secret watch brings the next pass when it appears.
-			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
-			markStalled(&m.Status.Conditions, m.Generation, reason, err.Error())
-			log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
-			return reconcile.Result{}, nil
+		// A missing SSH key Secret (or key in it) is the user's to fix: it stalls, and
+		// the Secret watch brings the next pass when it appears.
+		reason := ReasonHostUnreachable
+		if kind, why := outcome.Classify(err); kind == outcome.KindStalling {
+			reason = why
+		} else {
+			err = outcome.Failed(ReasonHostUnreachable, err)
 		}
-		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, ReasonHostUnreachable, err.Error())
-		markFailed(&m.Status.Conditions, m.Generation, ReasonHostUnreachable, err.Error())
-		return reconcile.Result{}, err
+		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+		return summary.Summarize(ctx, outcome.Success{}, err)
 	}
 	defer host.Close()
 
 	r.rememberProbe(m)
 	probe := host.Probe(ctx)
-	r.observeProbe(m, probe)
-	if m.Status.Discoverable && !errors.Is(probe.SSHError, transport.ErrHostKeyMismatch) {
+	ok, err := r.observeProbe(m, probe)
+	if err == nil {
 		r.observeSystem(ctx, m, host)
 		r.collectFacts(ctx, m, host)
 		r.maintainAgentIdentity(ctx, m, host, probe)
 	}
-	return reconcile.Result{RequeueAfter: r.probeInterval()}, nil
+	return summary.Summarize(ctx, ok, err)
 }
 
 // observeConfiguration copies what was applied to the Machine from the status of the
@@ -228,9 +230,10 @@ func (r *MachineReconciler) forgetProbe(key types.NamespacedName) {
 	delete(r.probed, key)
 }
 
-// observeProbe records what the probe saw: discoverable, the agent, the host key,
-// and the Reachable, AgentConnected and Ready conditions.
-func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult) {
+// observeProbe records what the probe saw: discoverable, the agent, the host key, the
+// Reachable and AgentConnected conditions; and its verdict, retried at the next probe.
+// A host reachable with the key it should have is ready for the other duties.
+func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult) (outcome.Success, error) {
 	st, gen, now := &m.Status, m.Generation, metav1.NewTime(r.now())
 	st.Discoverable = p.AgentReachable || p.SSHReachable
 
@@ -258,18 +261,18 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 	case errors.Is(p.SSHError, transport.ErrHostKeyMismatch):
 		msg := fmt.Sprintf("%v; if the host was reinstalled on purpose, set spec.sshHostKey or clear status.sshHostKeyFingerprint", p.SSHError)
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostKeyMismatch, msg)
-		markFailed(&st.Conditions, gen, ReasonHostKeyMismatch, msg)
+		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostKeyMismatch, msg)
 	case st.Discoverable:
 		how := "agent"
 		if !p.AgentReachable {
 			how = "SSH"
 		}
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionTrue, ReasonReachable, "reachable over "+how)
-		markReady(&st.Conditions, gen, ReasonReachable, "reachable over "+how)
+		return outcome.Success{Reason: ReasonReachable, Message: "reachable over " + how, RequeueAfter: r.probeInterval()}, nil
 	default:
 		msg := fmt.Sprintf("agent: %s; ssh: %s", errText(p.AgentError, "disabled"), errText(p.SSHError, "not configured"))
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostUnreachable, msg)
-		markFailed(&st.Conditions, gen, ReasonHostUnreachable, msg)
+		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostUnreachable, msg)
 	}
 }
 

@@ -19,11 +19,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
@@ -38,29 +38,27 @@ type Installer interface {
 // switches. The install is once-only: a host that carries the marker, or answers as
 // nio-agent, is never wiped again unless a new nio.homystack.com/reinstall value asks
 // for it. Status alone never decides a wipe.
-func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, outcome.Success, error) {
 	reinstall := obj.Annotations[nio.ReinstallAnnotation]
 	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
 	if obj.Status.FullInstallCompleted && !wantReinstall {
-		return true, reconcile.Result{}, nil
+		return true, outcome.Success{}, nil
 	}
 	if !wantReinstall {
 		if next, ok := r.nextInstallAttempt(obj, src); ok && next.After(r.now()) {
 			msg := fmt.Sprintf("%s; next attempt after %s", installFailedMessage(obj), next.UTC().Format(time.RFC3339))
-			markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
-			return false, reconcile.Result{RequeueAfter: next.Sub(r.now())}, nil
+			return false, outcome.Success{}, outcome.Retry(next.Sub(r.now()), ReasonInstallFailed, msg)
 		}
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "install of "+obj.Name)
 	if !ok {
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
-		return false, reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+		return false, outcome.Success{}, outcome.Wait(5*time.Second, ReasonProgressing, "Waiting for Machine %s: %s is running", m.Name, holder)
 	}
 	defer unlock()
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	defer host.Close()
 
@@ -68,8 +66,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 		installed, how, err := r.installedAlready(ctx, host)
 		if err != nil {
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonHostUnreachable, err.Error())
-			markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Cannot tell whether Machine %s is installed: %v", m.Name, err))
-			return false, reconcile.Result{}, reportedError{err}
+			return false, outcome.Success{}, outcome.Failed(ReasonHostUnreachable, fmt.Errorf("Cannot tell whether Machine %s is installed: %w", m.Name, err))
 		}
 		if installed {
 			obj.Status.FullInstallCompleted = true
@@ -78,7 +75,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 			}
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonAlreadyInstalled,
 				fmt.Sprintf("Machine %s is already installed (%s); set %s to install again", m.Name, how, nio.ReinstallAnnotation))
-			return true, reconcile.Result{}, nil
+			return true, outcome.Success{}, nil
 		}
 	}
 	return r.runInstall(ctx, sw, obj, m, src, reinstall)
@@ -143,38 +140,38 @@ func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, hos
 	return false, "", nil
 }
 
-func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, reinstall string) (bool, reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, reinstall string) (bool, outcome.Success, error) {
 	target, err := parseFlake(obj.Spec.Flake)
 	if err != nil {
-		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
+		return false, outcome.Success{}, outcome.Stalled(ReasonInvalidConfig, "%v", err)
 	}
 	key, err := host.SSHKey(ctx, r.Client, m)
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	if r.PKI == nil || r.Installer == nil {
-		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "fullInstall is not available: the operator runs without an installer")
+		return false, outcome.Success{}, outcome.Stalled(ReasonInvalidConfig, "fullInstall is not available: the operator runs without an installer")
 	}
 	ident, err := r.PKI.IssueMachineServer(m.Namespace, m.Name)
 	if err != nil {
-		return false, reconcile.Result{}, fmt.Errorf("issue agent certificate: %w", err)
+		return false, outcome.Success{}, fmt.Errorf("issue agent certificate: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "nio-install-")
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	defer os.RemoveAll(dir)
 	if err := unpackArchive(src.archive.Data, dir); err != nil {
-		return false, reconcile.Result{}, fmt.Errorf("unpack source for nixos-anywhere: %w", err)
+		return false, outcome.Success{}, fmt.Errorf("unpack source for nixos-anywhere: %w", err)
 	}
 
 	started := r.now()
 	obj.Status.LastAttemptedCommit = src.commit
 	setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstalling,
 		fmt.Sprintf("Installing revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name))
-	markReconciling(&obj.Status.Conditions, obj.Generation, ReasonInstalling, "Installing with nixos-anywhere")
+	r.summary(obj).Progressing(ReasonInstalling, "Installing with nixos-anywhere")
 	if err := sw.flush(ctx, obj); err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 
 	logger := log.FromContext(ctx)
@@ -210,11 +207,10 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Installing revision %s on Machine %s failed: %s", revision(obj.Spec.Ref, src.commit), m.Name, entry.Message)
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstallFailed, msg)
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
-		r.event(obj, corev1.EventTypeWarning, ReasonInstallFailed, "Install", eventNote(msg, res.LogTail))
 		r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeFailed}, r.now().Sub(started))
 		next, _ := r.nextInstallAttempt(obj, src)
-		return false, reconcile.Result{RequeueAfter: max(next.Sub(r.now()), r.retryBase())}, nil
+		return false, outcome.Success{}, &outcome.Generic{Reason: ReasonInstallFailed, Err: errors.New(msg),
+			RequeueAfter: max(next.Sub(r.now()), r.retryBase()), Action: "Install", Note: eventNote(msg, res.LogTail)}
 	}
 
 	// nixos-anywhere installed the system of this commit: it is applied.
@@ -228,17 +224,17 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	msg := fmt.Sprintf("Installed revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonInstalled, msg)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
-	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+revision(obj.Spec.Ref, src.commit))
 	r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeSucceeded}, now.Sub(started))
 	// The Machine controller takes the generated host key's fingerprint, with what was
 	// applied, from this status.
 	fp, err := hostKeyFingerprint(res.HostPublicKey)
 	st.InstalledHostKeyFingerprint = fp
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	r.event(obj, corev1.EventTypeNormal, ReasonInstalled, "Install", msg)
-	return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+	return false, outcome.Success{Reason: ReasonSucceeded, Message: "Applied revision " + revision(obj.Spec.Ref, src.commit),
+		RequeueAfter: r.interval(obj)}, nil
 }
 
 // hostKeyFingerprint is the SHA256 fingerprint of the host key the operator

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/source"
 )
@@ -39,9 +40,9 @@ func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.Nix
 	src, err := r.resolveSource(ctx, obj, m)
 	if err != nil {
 		reason := ReasonSourceFailed
-		var st stalledError
+		var st *outcome.Stalling
 		if errors.As(err, &st) {
-			reason = st.reason
+			reason = st.Reason
 		}
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionSourceReady, metav1.ConditionFalse, reason, err.Error())
 		return nil, err
@@ -98,9 +99,9 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 func sourceError(err error) error {
 	switch {
 	case errors.Is(err, source.ErrAuth), errors.Is(err, source.ErrInvalidCredentials):
-		return stalledError{reason: ReasonAuthFailed, err: err}
+		return &outcome.Stalling{Reason: ReasonAuthFailed, Err: err}
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrRefNotFound), errors.Is(err, source.ErrInvalidURL):
-		return stalledError{reason: ReasonSourceNotFound, err: err}
+		return &outcome.Stalling{Reason: ReasonSourceNotFound, Err: err}
 	}
 	return err
 }
@@ -149,7 +150,7 @@ func (r *NixosConfigurationReconciler) secretValue(ctx context.Context, namespac
 	if ref.Key != "" {
 		v, ok := s.Data[ref.Key]
 		if !ok {
-			return nil, stalled(ReasonInvalidConfig, "Secret %s has no key %q", ref.Name, ref.Key)
+			return nil, outcome.Stalled(ReasonInvalidConfig, "Secret %s has no key %q", ref.Name, ref.Key)
 		}
 		return v, nil
 	}
@@ -159,7 +160,7 @@ func (r *NixosConfigurationReconciler) secretValue(ctx context.Context, namespac
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		return nil, stalled(ReasonInvalidConfig, "Secret %s has %d keys %v: name one with secretRef.key", ref.Name, len(keys), keys)
+		return nil, outcome.Stalled(ReasonInvalidConfig, "Secret %s has %d keys %v: name one with secretRef.key", ref.Name, len(keys), keys)
 	}
 	for _, v := range s.Data {
 		return v, nil

@@ -110,7 +110,7 @@ func Retry(after time.Duration, reason, message string) *Generic {
 	return &Generic{Reason: reason, Err: errors.New(message), RequeueAfter: after}
 }
 
-// Kind names what Summarize makes of err.
+// Kind names what Summarize makes of an error.
 type Kind int
 
 const (
@@ -120,24 +120,46 @@ const (
 	KindGeneric
 )
 
-// Classify returns err's kind and reason.
+// Classify returns err's kind and reason: those of the outermost *Stalling, *Waiting
+// or *Generic in its chain (a phase that wraps another's error decides what it is), else
+// Stalling for one marked ErrConfig, else Generic with ReasonFailed.
 func Classify(err error) (Kind, string) {
-	var (
-		st *Stalling
-		wt *Waiting
-		g  *Generic
-	)
-	switch {
-	case err == nil:
-		return KindNone, ""
-	case errors.As(err, &st):
-		return KindStalling, st.Reason
-	case errors.Is(err, ErrConfig):
-		return KindStalling, ReasonInvalidConfiguration
-	case errors.As(err, &wt):
-		return KindWaiting, wt.Reason
-	case errors.As(err, &g):
-		return KindGeneric, g.Reason
+	k, reason, _ := classify(err)
+	return k, reason
+}
+
+func classify(err error) (Kind, string, error) {
+	if err == nil {
+		return KindNone, "", nil
 	}
-	return KindGeneric, ReasonFailed
+	if k, reason, typed := outermost(err); typed != nil {
+		return k, reason, typed
+	}
+	if errors.Is(err, ErrConfig) {
+		return KindStalling, ReasonInvalidConfiguration, nil
+	}
+	return KindGeneric, ReasonFailed, nil
+}
+
+// outermost walks err's chain depth first and returns the first typed error.
+func outermost(err error) (Kind, string, error) {
+	switch e := err.(type) {
+	case *Stalling:
+		return KindStalling, e.Reason, e
+	case *Waiting:
+		return KindWaiting, e.Reason, e
+	case *Generic:
+		return KindGeneric, e.Reason, e
+	case interface{ Unwrap() error }:
+		if inner := e.Unwrap(); inner != nil {
+			return outermost(inner)
+		}
+	case interface{ Unwrap() []error }:
+		for _, inner := range e.Unwrap() {
+			if k, reason, typed := outermost(inner); typed != nil {
+				return k, reason, typed
+			}
+		}
+	}
+	return KindNone, "", nil
 }

@@ -2,7 +2,6 @@ package outcome
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,7 +42,7 @@ type Summary struct {
 // returns the requeue decision. Only errors retried with the workqueue's backoff are
 // returned to controller-runtime; the others end the pass without one.
 func (s Summary) Summarize(ctx context.Context, ok Success, err error) (reconcile.Result, error) {
-	kind, reason := Classify(err)
+	kind, reason, typed := classify(err)
 	switch kind {
 	case KindNone:
 		s.markReady(ok.Reason, ok.Message)
@@ -58,15 +57,13 @@ func (s Summary) Summarize(ctx context.Context, ok Success, err error) (reconcil
 		}
 		return reconcile.Result{}, nil
 	case KindWaiting:
-		var w *Waiting
-		errors.As(err, &w)
+		w := typed.(*Waiting)
 		s.markReconciling(reason, err.Error())
 		log.FromContext(ctx).V(1).Info("waiting", "reason", reason, "message", err.Error(), "requeueAfter", w.RequeueAfter)
 		return reconcile.Result{RequeueAfter: w.RequeueAfter}, nil
 	}
 	s.markFailed(reason, err.Error())
-	var g *Generic
-	if errors.As(err, &g) {
+	if g, ok := typed.(*Generic); ok {
 		if g.Action != "" {
 			note := g.Note
 			if note == "" {
@@ -79,6 +76,12 @@ func (s Summary) Summarize(ctx context.Context, ok Success, err error) (reconcil
 		}
 	}
 	return reconcile.Result{}, err
+}
+
+// Progressing marks the object Reconciling (Ready=Unknown) before a long operation,
+// for a status written while it runs; the pass's Summarize gives the verdict.
+func (s Summary) Progressing(reason, message string) {
+	s.markReconciling(reason, message)
 }
 
 func (s Summary) event(typ, reason, action, note string) {

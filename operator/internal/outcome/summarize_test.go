@@ -112,3 +112,19 @@ func TestSummarizeTruncatesMessages(t *testing.T) {
 		t.Errorf("event of %d bytes", len(ev[0]))
 	}
 }
+
+// TestOutermostKindWins: a phase that wraps another's error decides its kind (an
+// apply that failed because the host could not be opened is ApplyFailed, not the
+// opener's stall).
+func TestOutermostKindWins(t *testing.T) {
+	inner := Stalled("SSHKeyMissing", "Secret k not found")
+	if k, reason := Classify(fmt.Errorf("apply: %w", Failed("ApplyFailed", inner))); k != KindGeneric || reason != "ApplyFailed" {
+		t.Errorf("Classify = %v %q, want Generic ApplyFailed", k, reason)
+	}
+	if k, reason := Classify(fmt.Errorf("open: %w", inner)); k != KindStalling || reason != "SSHKeyMissing" {
+		t.Errorf("Classify = %v %q, want Stalling SSHKeyMissing", k, reason)
+	}
+	if k, reason := Classify(AsConfigError(Wait(time.Second, "Busy", "busy"))); k != KindWaiting || reason != "Busy" {
+		t.Errorf("Classify = %v %q, want Waiting Busy", k, reason)
+	}
+}
