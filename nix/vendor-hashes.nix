@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-cS5Jk6uDtloSfRqcdCGQpyNuc/B2aMXLu6N5GZFROzo=";
-  operator = "sha256-+MQVZT2vuqy2C1TAbsIIP5VqKwut/9EJByoQxKT/pks=";
+  agent = "sha256-Wym9ZBfr+LR3Ld9QlS23fTcDwAtZI4YdIZbmPxwEuhQ=";
+  operator = "sha256-NYY/WRyMnrfG/jQYQz4KdZhGETP/xWQEpPbJVpzG7gw=";
 }
