@@ -51,15 +51,16 @@ func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *
 
 	// Release the Machine: the Machine controller derives its configuration fields
 	// from the configurations applied to it, so forgetting what this one applied
-	// clears them. The finalizer goes once the Machine says so (or a person lets go):
-	// a configuration is never gone while its Machine still names it.
+	// clears them. The finalizer goes once the Machine says so: a configuration is
+	// never gone while its Machine still names it. (That needs no host: skip-removal
+	// does not skip it.)
 	if st := &obj.Status; st.TargetMachine != "" || st.AppliedCommit != "" {
 		st.TargetMachine, st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = "", "", "", nil
 		if err := sw.flush(ctx, obj); err != nil {
 			return err
 		}
 	}
-	if m != nil && m.Status.AppliedConfiguration == obj.Name && !skip {
+	if m != nil && m.Status.AppliedConfiguration == obj.Name {
 		return outcome.Wait(2*time.Second, ReasonRemoving, "Waiting for Machine %s to stop naming this configuration", m.Name)
 	}
 	patch := client.MergeFrom(obj.DeepCopy())
