@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-3JmhTcjMXoEEu13bg5kwxjjNuhLWOaMwZ2pPxrpSe/w=";
-  operator = "sha256-ggFThoWq9PByOUUWJ/K6lXIoLbzhTmCboeWqCgvJMdc=";
+  agent = "sha256-PUzPobaNtLdO+Ll4N6+Hp54TPSoeVITipkJ1NO4At44=";
+  operator = "sha256-yy7COt5mU/6RbT4V5FOe+FHjiYFrB8EAJX8hBV+qhms=";
 }

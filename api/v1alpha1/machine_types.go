@@ -101,7 +101,9 @@ type MachineStatus struct {
 	Discoverable bool `json:"discoverable,omitempty"`
 
 	// HasConfiguration is true once a NixosConfiguration has been applied to this
-	// Machine, until that configuration is removed.
+	// Machine, until that configuration is removed. It and the three fields after it
+	// are copied from the status of the NixosConfiguration applied last to this
+	// Machine (its status.targetMachine names the Machine).
 	// +optional
 	HasConfiguration bool `json:"hasConfiguration,omitempty"`
 

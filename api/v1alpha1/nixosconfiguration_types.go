@@ -245,7 +245,9 @@ type NixosConfigurationStatus struct {
 	// +optional
 	AppliedSystem string `json:"appliedSystem,omitempty"`
 
-	// TargetMachine is the Machine this configuration was last applied to.
+	// TargetMachine is the Machine this configuration was last applied to. That
+	// Machine's status (appliedConfiguration, appliedCommit, lastAppliedTime) is
+	// derived from this status by the Machine controller.
 	// +optional
 	TargetMachine string `json:"targetMachine,omitempty"`
 
@@ -256,6 +258,13 @@ type NixosConfigurationStatus struct {
 	// InstalledTime is when the install finished.
 	// +optional
 	InstalledTime *metav1.Time `json:"installedTime,omitempty"`
+
+	// InstalledHostKeyFingerprint is the SHA256 fingerprint of the SSH host key the
+	// operator generated for the installed system. The Machine takes it as its
+	// recorded host key (status.sshHostKeyFingerprint), so SSH trusts the new system
+	// without trust on first use.
+	// +optional
+	InstalledHostKeyFingerprint string `json:"installedHostKeyFingerprint,omitempty"`
 
 	// LastHandledReinstallAt is the value of the nio.homystack.com/reinstall
 	// annotation last acted on (each new value allows one more install).

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 // standIn writes an executable nixos-facter stand-in that prints file (or text).
@@ -20,10 +22,7 @@ func standIn(t *testing.T, script string) string {
 }
 
 func TestRunReturnsARealShapedReport(t *testing.T) {
-	fixture, err := filepath.Abs("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	fixture := facterfixture.WriteFile(t)
 	report, err := Run(context.Background(), Config{Path: standIn(t, `exec cat "`+fixture+`"`)})
 	if err != nil {
 		t.Fatal(err)

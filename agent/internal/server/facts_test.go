@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
+	"github.com/homystack/nio/testkit/facterfixture"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -26,14 +27,7 @@ func factsServer(t *testing.T, script string) agentv1.AgentServiceClient {
 }
 
 func TestFactsReturnsTheFacterReport(t *testing.T) {
-	fixture, err := filepath.Abs("../facter/testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, err := os.ReadFile(fixture)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fixture, want := facterfixture.WriteFile(t), facterfixture.Report
 	resp, err := factsServer(t, `exec cat "`+fixture+`"`).Facts(context.Background(), &agentv1.FactsRequest{})
 	if err != nil {
 		t.Fatal(err)

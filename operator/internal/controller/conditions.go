@@ -4,7 +4,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 )
 
 // Condition reasons. Constants, so users and alerts can match on them.
@@ -18,7 +19,7 @@ const (
 	ReasonSourceReady       = "SourceReady"
 	ReasonAuthFailed        = "AuthenticationFailed"
 	ReasonSourceNotFound    = "SourceNotFound"
-	ReasonInvalidConfig     = "InvalidConfiguration"
+	ReasonInvalidConfig     = outcome.ReasonInvalidConfiguration
 	ReasonMachineNotFound   = "MachineNotFound"
 	ReasonMachineInUse      = "MachineInUse"
 	ReasonInstalling        = "Installing"
@@ -33,9 +34,9 @@ const (
 	ReasonAgentDisabled     = "AgentDisabled"
 	ReasonConnected         = "Connected"
 	ReasonReachable         = "Reachable"
-	ReasonSSHKeyMissing     = "SSHKeyMissing"
+	ReasonSSHKeyMissing     = host.ReasonSSHKeyMissing
 	ReasonDependencyPending = "DependencyNotReady"
-	ReasonReconcileFailed   = "ReconciliationFailed"
+	ReasonReconcileFailed   = outcome.ReasonFailed
 	// A secretRef file's path is a file or directory of the source (or the source
 	// has its own nio-secrets.nix).
 	ReasonSecretPathConflict = "SecretPathConflict"
@@ -49,7 +50,9 @@ const (
 	ReasonAgentIdentityDelivered = "AgentIdentityDelivered"
 )
 
-// setCondition sets a condition with the object's generation.
+// setCondition sets a condition with the object's generation. Ready, Reconciling and
+// Stalled are outcome.Summary's alone: a pass returns its outcome, and the summary
+// sets them.
 func setCondition(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, message string) {
 	meta.SetStatusCondition(conds, metav1.Condition{
 		Type:               typ,
@@ -58,37 +61,6 @@ func setCondition(conds *[]metav1.Condition, generation int64, typ string, statu
 		Message:            truncate(message, 1024),
 		ObservedGeneration: generation,
 	})
-}
-
-// markReconciling sets Reconciling=True and Ready=Unknown: work is under way (kstatus
-// "in progress").
-func markReconciling(conds *[]metav1.Condition, generation int64, reason, message string) {
-	setCondition(conds, generation, nio.ConditionReconciling, metav1.ConditionTrue, reason, message)
-	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
-	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionUnknown, reason, message)
-}
-
-// markStalled sets Stalled=True and Ready=False: a configuration error that retrying
-// will not fix; a change to the spec or a referenced object triggers a new pass.
-func markStalled(conds *[]metav1.Condition, generation int64, reason, message string) {
-	setCondition(conds, generation, nio.ConditionStalled, metav1.ConditionTrue, reason, message)
-	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
-	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionFalse, reason, message)
-}
-
-// markFailed sets Ready=False for an error that is retried (neither in progress nor
-// stalled).
-func markFailed(conds *[]metav1.Condition, generation int64, reason, message string) {
-	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
-	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
-	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionFalse, reason, message)
-}
-
-// markReady sets Ready=True and clears Reconciling and Stalled.
-func markReady(conds *[]metav1.Condition, generation int64, reason, message string) {
-	meta.RemoveStatusCondition(conds, nio.ConditionReconciling)
-	meta.RemoveStatusCondition(conds, nio.ConditionStalled)
-	setCondition(conds, generation, nio.ConditionReady, metav1.ConditionTrue, reason, message)
 }
 
 func truncate(s string, n int) string {

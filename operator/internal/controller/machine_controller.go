@@ -19,18 +19,22 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/facts"
+	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
-// MachineReconciler keeps a Machine's status true to its host: reachability (agent,
-// then SSH), the running system, the SSH host key, the nixos-facter facts, and the
-// agent's TLS identity (delivered over SSH to an agent without one, renewed at two
-// thirds of its life). It writes only the status fields it owns, once per pass.
+// MachineReconciler keeps a Machine's status true to its host and to its
+// configuration: reachability (agent, then SSH), the running system, the SSH host key,
+// the nixos-facter facts, the agent's TLS identity (delivered over SSH to an agent
+// without one, renewed at two thirds of its life), and what was applied to it, copied
+// from the status of the NixosConfiguration applied last. It is the one writer of the
+// Machine's status, once per pass.
 type MachineReconciler struct {
 	client.Client
 	Recorder events.EventRecorder
-	Hosts    Hosts
+	Hosts    host.Hosts
 	Locks    *HostLocks
 	PKI      *pki.Issuer
 	Metrics  *Metrics
@@ -52,6 +56,18 @@ type MachineReconciler struct {
 	// FactsRetry, not on every probe.
 	factsMu     sync.Mutex
 	factsFailed map[types.NamespacedName]factsFailure
+
+	// probed remembers each Machine's last probe: a pass brought by a configuration's
+	// status only copies what was applied, and probes the host only when a probe is
+	// due anyway (the interval passed, or the Machine or its SSH key Secret changed).
+	probeMu sync.Mutex
+	probed  map[types.NamespacedName]probeMemo
+}
+
+type probeMemo struct {
+	at          time.Time
+	generation  int64
+	annotations string
 }
 
 type factsFailure struct {
@@ -61,6 +77,7 @@ type factsFailure struct {
 
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -70,16 +87,23 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	start := r.now()
 	m := &nio.Machine{}
 	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forgetProbe(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	defer func() { r.Metrics.observeReconcile("Machine", start, retErr) }()
-	// The NixosConfiguration controller writes fields of this status too (what was
-	// applied, the host key an install generated): a pass that read an older Machine
-	// must not write back what it saw, so the write is conditional on the version read.
+	// People edit this status too (clearing sshHostKeyFingerprint to accept a new host
+	// key): a pass that read an older Machine must not write back what it saw, so the
+	// write is conditional on the version read.
 	sw := newStatusWriter(r.Client, m)
 	sw.optimistic = true
 	defer func() {
 		err := sw.flush(ctx, m)
+		if err != nil {
+			// What this pass observed was not written: the retry observes again.
+			r.forgetProbe(req.NamespacedName)
+		}
 		switch {
 		case apierrors.IsConflict(err):
 			log.FromContext(ctx).V(1).Info("Machine changed during the pass; probing again")
@@ -90,35 +114,126 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	}()
 	m.Status.ObservedGeneration = m.Generation
 
+	summary := outcome.Summary{Object: m, Conditions: &m.Status.Conditions, Recorder: r.Recorder}
+	if err := r.observeConfiguration(ctx, m); err != nil {
+		return summary.Summarize(ctx, outcome.Success{}, err)
+	}
+	if wait, due := r.probeDue(m); !due {
+		// Nothing new was observed of the host: its conditions stand.
+		return reconcile.Result{RequeueAfter: wait}, nil
+	}
+
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		if reason, ok := configReason(err); ok {
-			// A missing SSH key Secret (or key in it) is the user's to fix: retrying
-			// changes nothing, and the Secret watch brings the next pass when it appears.
-			setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
-			markStalled(&m.Status.Conditions, m.Generation, reason, err.Error())
-			log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
-			return reconcile.Result{}, nil
+		// A missing SSH key Secret (or key in it) is the user's to fix: it stalls, and
+		// the Secret watch brings the next pass when it appears.
+		reason := ReasonHostUnreachable
+		if kind, why := outcome.Classify(err); kind == outcome.KindStalling {
+			reason = why
+		} else {
+			err = outcome.Failed(ReasonHostUnreachable, err)
 		}
-		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, ReasonHostUnreachable, err.Error())
-		markFailed(&m.Status.Conditions, m.Generation, ReasonHostUnreachable, err.Error())
-		return reconcile.Result{}, err
+		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+		return summary.Summarize(ctx, outcome.Success{}, err)
 	}
 	defer host.Close()
 
+	r.rememberProbe(m)
 	probe := host.Probe(ctx)
-	r.observeProbe(m, probe)
-	if m.Status.Discoverable && !errors.Is(probe.SSHError, transport.ErrHostKeyMismatch) {
+	ok, err := r.observeProbe(m, probe)
+	if err == nil {
 		r.observeSystem(ctx, m, host)
 		r.collectFacts(ctx, m, host)
 		r.maintainAgentIdentity(ctx, m, host, probe)
 	}
-	return reconcile.Result{RequeueAfter: r.probeInterval()}, nil
+	return summary.Summarize(ctx, ok, err)
 }
 
-// observeProbe records what the probe saw: discoverable, the agent, the host key,
-// and the Reachable, AgentConnected and Ready conditions.
-func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult) {
+// observeConfiguration copies what was applied to the Machine from the status of the
+// NixosConfiguration applied to it last (the one whose status.targetMachine names it
+// with the latest lastAppliedTime), or clears it when there is none. The
+// configuration's status is the record: a Machine write that fails is repaired by the
+// next pass, and appliedCommit never names a commit that did not switch, since the
+// configuration's does not.
+func (r *MachineReconciler) observeConfiguration(ctx context.Context, m *nio.Machine) error {
+	var list nio.NixosConfigurationList
+	if err := r.List(ctx, &list, client.InNamespace(m.Namespace), client.MatchingFields{indexTargetMachine: m.Name}); err != nil {
+		return fmt.Errorf("list configurations applied to Machine %s: %w", m.Name, err)
+	}
+	st := &m.Status
+	c := lastApplied(list.Items, m.Name)
+	if c == nil {
+		st.HasConfiguration, st.AppliedConfiguration, st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = false, "", "", "", nil
+		return nil
+	}
+	cs := &c.Status
+	// An install the Machine has not seen yet (it predates its lastAppliedTime
+	// otherwise) brings the host key the operator generated for the new system. Once
+	// taken, a person may still clear the fingerprint to accept another key.
+	if cs.InstalledHostKeyFingerprint != "" && cs.InstalledTime != nil && (st.LastAppliedTime == nil || st.LastAppliedTime.Before(cs.InstalledTime)) {
+		st.SSHHostKeyFingerprint = cs.InstalledHostKeyFingerprint
+	}
+	st.HasConfiguration, st.AppliedConfiguration = true, c.Name
+	st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = cs.AppliedCommit, shortCommit(cs.AppliedCommit), cs.LastAppliedTime.DeepCopy()
+	return nil
+}
+
+// lastApplied is, among configurations, the one applied last to Machine machine.
+func lastApplied(items []nio.NixosConfiguration, machine string) *nio.NixosConfiguration {
+	var last *nio.NixosConfiguration
+	for i := range items {
+		c := &items[i]
+		if c.Status.TargetMachine != machine || c.Status.AppliedCommit == "" {
+			continue
+		}
+		if last == nil || appliedAt(c).After(appliedAt(last)) || appliedAt(c).Equal(appliedAt(last)) && c.Name < last.Name {
+			last = c
+		}
+	}
+	return last
+}
+
+func appliedAt(c *nio.NixosConfiguration) time.Time {
+	if c.Status.LastAppliedTime == nil {
+		return time.Time{}
+	}
+	return c.Status.LastAppliedTime.Time
+}
+
+// probeDue tells whether the pass probes the host, or how long until it does.
+func (r *MachineReconciler) probeDue(m *nio.Machine) (time.Duration, bool) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	last, ok := r.probed[types.NamespacedName{Namespace: m.Namespace, Name: m.Name}]
+	if !ok || last.generation != m.Generation || last.annotations != fmt.Sprint(m.Annotations) {
+		return 0, true
+	}
+	wait := last.at.Add(r.probeInterval()).Sub(r.now())
+	return wait, wait <= 0
+}
+
+func (r *MachineReconciler) rememberProbe(m *nio.Machine) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	if r.probed == nil {
+		r.probed = map[types.NamespacedName]probeMemo{}
+	}
+	r.probed[types.NamespacedName{Namespace: m.Namespace, Name: m.Name}] = probeMemo{
+		at: r.now(), generation: m.Generation, annotations: fmt.Sprint(m.Annotations),
+	}
+}
+
+// forgetProbe makes the next pass of Machine key probe the host.
+func (r *MachineReconciler) forgetProbe(key types.NamespacedName) {
+	r.probeMu.Lock()
+	defer r.probeMu.Unlock()
+	delete(r.probed, key)
+}
+
+// observeProbe records what the probe saw: discoverable, the agent, the host key, the
+// Reachable and AgentConnected conditions; and its verdict, retried at the next probe.
+// A host reachable with the key it should have is ready for the other duties.
+func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult) (outcome.Success, error) {
 	st, gen, now := &m.Status, m.Generation, metav1.NewTime(r.now())
 	st.Discoverable = p.AgentReachable || p.SSHReachable
 
@@ -146,18 +261,18 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 	case errors.Is(p.SSHError, transport.ErrHostKeyMismatch):
 		msg := fmt.Sprintf("%v; if the host was reinstalled on purpose, set spec.sshHostKey or clear status.sshHostKeyFingerprint", p.SSHError)
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostKeyMismatch, msg)
-		markFailed(&st.Conditions, gen, ReasonHostKeyMismatch, msg)
+		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostKeyMismatch, msg)
 	case st.Discoverable:
 		how := "agent"
 		if !p.AgentReachable {
 			how = "SSH"
 		}
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionTrue, ReasonReachable, "reachable over "+how)
-		markReady(&st.Conditions, gen, ReasonReachable, "reachable over "+how)
+		return outcome.Success{Reason: ReasonReachable, Message: "reachable over " + how, RequeueAfter: r.probeInterval()}, nil
 	default:
 		msg := fmt.Sprintf("agent: %s; ssh: %s", errText(p.AgentError, "disabled"), errText(p.SSHError, "not configured"))
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostUnreachable, msg)
-		markFailed(&st.Conditions, gen, ReasonHostUnreachable, msg)
+		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostUnreachable, msg)
 	}
 }
 
@@ -169,7 +284,7 @@ func errText(err error, otherwise string) string {
 }
 
 // observeSystem records the running system.
-func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host Host) {
+func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host host.Host) {
 	s, err := host.Status(ctx)
 	if err != nil {
 		log.FromContext(ctx).Info("host status", "error", err.Error())
@@ -186,7 +301,7 @@ func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, h
 // collectFacts takes a nixos-facter report on the first contact, on request (a new
 // nio.homystack.com/rescan value) and every FactsInterval, into a ConfigMap owned by
 // the Machine, with a summary in the status.
-func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host Host) {
+func (r *MachineReconciler) collectFacts(ctx context.Context, m *nio.Machine, host host.Host) {
 	st := &m.Status
 	rescan := m.Annotations[nio.RescanAnnotation]
 	requested := rescan != "" && rescan != st.LastHandledRescanAt
@@ -249,7 +364,7 @@ func (r *MachineReconciler) storeFacts(ctx context.Context, m *nio.Machine, repo
 
 // maintainAgentIdentity delivers the agent's TLS identity over SSH to a host whose
 // agent has none, and renews a connected agent's certificate at two thirds of its life.
-func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Machine, host Host, p transport.ProbeResult) {
+func (r *MachineReconciler) maintainAgentIdentity(ctx context.Context, m *nio.Machine, host host.Host, p transport.ProbeResult) {
 	if m.Spec.Agent.Disabled || r.PKI == nil {
 		return
 	}

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 // TestMachineStatusTellsTheTruth: the Machine controller records reachability, the
@@ -20,14 +21,11 @@ import (
 // ConfigMap owned by the Machine; a rescan request takes a new report.
 func TestMachineStatusTellsTheTruth(t *testing.T) {
 	f := newFixture(t)
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleet := newFakeFleet()
-	host := fleet.host("worker-01")
-	host.set(func(h *fakeHost) {
-		h.facts, h.current, h.generation, h.agentVersion = report, "/nix/store/abc-nixos-system-worker-01", 7, "0.1.0"
+	report := facterfixture.Report
+	fleet := hosttest.NewFleet()
+	host := fleet.Host("worker-01")
+	host.Set(func(h *hosttest.Host) {
+		h.FactsReport, h.Current, h.Generation, h.AgentVersion = report, "/nix/store/abc-nixos-system-worker-01", 7, "0.1.0"
 	})
 	f.op = startOperator(t, f.ns, fleet, nil)
 
@@ -82,7 +80,7 @@ func TestMachineStatusTellsTheTruth(t *testing.T) {
 // Reachable=False HostUnreachable.
 func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 	f := newFixture(t)
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	eventually(t, 20*time.Second, "fingerprint recorded", func() error {
 		if fp := getMachine(t, f.ns, "worker-01").Status.SSHHostKeyFingerprint; fp != "SHA256:fake-worker-01" {
@@ -90,7 +88,7 @@ func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 		}
 		return nil
 	})
-	fleet.host("worker-01").set(func(h *fakeHost) { h.sshMismatch = true })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.SSHMismatch = true })
 	eventually(t, 20*time.Second, "mismatch reported", func() error {
 		m := getMachine(t, f.ns, "worker-01")
 		c := condition(m.Status.Conditions, nio.ConditionReachable)
@@ -102,7 +100,7 @@ func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 		}
 		return nil
 	})
-	fleet.host("worker-01").set(func(h *fakeHost) { h.sshMismatch, h.agentUp, h.sshUp = false, false, false })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.SSHMismatch, h.AgentUp, h.SSHUp = false, false, false })
 	eventually(t, 20*time.Second, "unreachable reported", func() error {
 		m := getMachine(t, f.ns, "worker-01")
 		c := condition(m.Status.Conditions, nio.ConditionReachable)
@@ -117,12 +115,12 @@ func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 // no TLS identity gets one, once.
 func TestMachineAgentIdentityDelivered(t *testing.T) {
 	f := newFixture(t)
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false })
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = false })
 	f.op = startOperator(t, f.ns, fleet, nil)
 	eventually(t, 20*time.Second, "identity delivered", func() error {
 		var n int
-		fleet.host("worker-01").set(func(h *fakeHost) { n = h.identities })
+		fleet.Host("worker-01").Set(func(h *hosttest.Host) { n = h.Identities })
 		if n != 1 {
 			return errorf("%d deliveries", n)
 		}
@@ -130,7 +128,7 @@ func TestMachineAgentIdentityDelivered(t *testing.T) {
 	})
 	time.Sleep(5 * time.Second) // two more probes
 	var n int
-	fleet.host("worker-01").set(func(h *fakeHost) { n = h.identities })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { n = h.Identities })
 	if n != 1 {
 		t.Errorf("identity delivered %d times, want once", n)
 	}
@@ -149,10 +147,10 @@ func TestMachineAgentIdentityDelivered(t *testing.T) {
 // reason and message, a Warning event) instead of silently never delivering one.
 func TestMachineAgentIdentityCheckFailureIsReported(t *testing.T) {
 	f := newFixture(t)
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) {
-		h.agentUp = false
-		h.identityErr = errors.New("sudo -n test -s /var/lib/nio-agent/tls/tls.crt: permission denied")
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) {
+		h.AgentUp = false
+		h.IdentityErr = errors.New("sudo -n test -s /var/lib/nio-agent/tls/tls.crt: permission denied")
 	})
 	f.op = startOperator(t, f.ns, fleet, nil)
 	eventually(t, 20*time.Second, "identity check failure reported", func() error {

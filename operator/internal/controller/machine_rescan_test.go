@@ -2,13 +2,14 @@ package controller
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 // TestRescanRequestSurvivesAFailedScan: a rescan whose nixos-facter run fails stays
@@ -16,13 +17,10 @@ import (
 // as handled with no new report.
 func TestRescanRequestSurvivesAFailedScan(t *testing.T) {
 	f := newFixture(t)
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleet := newFakeFleet()
-	host := fleet.host("worker-01")
-	host.set(func(h *fakeHost) { h.facts = report })
+	report := facterfixture.Report
+	fleet := hosttest.NewFleet()
+	host := fleet.Host("worker-01")
+	host.Set(func(h *hosttest.Host) { h.FactsReport = report })
 	f.op = startOperator(t, f.ns, fleet, nil)
 	eventually(t, 20*time.Second, "first scan", func() error {
 		if getMachine(t, f.ns, "worker-01").Status.LastHardwareScanTime == nil {
@@ -34,7 +32,7 @@ func TestRescanRequestSurvivesAFailedScan(t *testing.T) {
 	scanned := m.Status.LastHardwareScanTime
 
 	time.Sleep(1100 * time.Millisecond) // status times have second precision
-	host.set(func(h *fakeHost) { h.factsFails = 1 })
+	host.Set(func(h *hosttest.Host) { h.FactsFails = 1 })
 	patch := client.MergeFrom(m.DeepCopy())
 	m.Annotations = map[string]string{nio.RescanAnnotation: "1"}
 	if err := env.Client.Patch(context.Background(), m, patch); err != nil {
@@ -42,7 +40,7 @@ func TestRescanRequestSurvivesAFailedScan(t *testing.T) {
 	}
 	eventually(t, 20*time.Second, "the failed scan", func() error {
 		var left int
-		host.set(func(h *fakeHost) { left = h.factsFails })
+		host.Set(func(h *hosttest.Host) { left = h.FactsFails })
 		if left != 0 {
 			return errorf("nixos-facter not run yet")
 		}

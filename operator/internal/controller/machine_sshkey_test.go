@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestMissingSSHKeySecretStallsUntilItAppears: a Machine naming an SSH key Secret
@@ -21,7 +22,7 @@ func TestMissingSSHKeySecretStallsUntilItAppears(t *testing.T) {
 	m := f.machine("worker-02")
 	m.Spec.SSHKeySecretRef = &nio.SSHKeySecretReference{Name: "worker-02-ssh-key"}
 	f.create(m)
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 
 	eventually(t, 20*time.Second, "stalled on the missing Secret", func() error {
@@ -35,9 +36,9 @@ func TestMissingSSHKeySecretStallsUntilItAppears(t *testing.T) {
 		}
 		return nil
 	})
-	opens := fleet.openCount("worker-02")
+	opens := fleet.OpenCount("worker-02")
 	time.Sleep(3 * time.Second) // a transient error would be retried many times by now
-	if n := fleet.openCount("worker-02") - opens; n > 1 {
+	if n := fleet.OpenCount("worker-02") - opens; n > 1 {
 		t.Errorf("%d more passes in 3s while the Secret is still missing, want none", n)
 	}
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,11 +14,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -157,10 +155,10 @@ type operation struct {
 }
 
 // apply runs the configuration's action on the Machine and records the outcome.
-func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (outcome.Success, error) {
 	target, err := parseFlake(obj.Spec.Flake)
 	if err != nil {
-		return reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
+		return outcome.Success{}, outcome.Stalled(ReasonInvalidConfig, "%v", err)
 	}
 	action := string(obj.Spec.Action)
 	if action == "" {
@@ -175,16 +173,15 @@ func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWrit
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "NixosConfiguration "+obj.Name)
 	if !ok {
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
-		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+		return outcome.Success{}, outcome.Wait(5*time.Second, ReasonProgressing, "Waiting for Machine %s: %s is running", m.Name, holder)
 	}
 	defer unlock()
 
 	res, started, err := r.run(ctx, sw, obj, m, src, op)
 	if err != nil {
-		return r.applyError(ctx, obj, m, err)
+		return outcome.Success{}, applyError(m, err)
 	}
-	return r.record(ctx, sw, obj, m, src, op, res, started)
+	return r.record(ctx, obj, m, src, op, res, started)
 }
 
 // run performs the operation on the host. The operation is written into the status
@@ -206,7 +203,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	}
 	obj.Status.CurrentOperation = cur
 	obj.Status.LastAttemptedCommit = src.commit
-	markReconciling(&obj.Status.Conditions, obj.Generation, ReasonApplying,
+	r.summary(obj).Progressing(ReasonApplying,
 		fmt.Sprintf("Applying revision %s (%s) to Machine %s", revision(obj.Spec.Ref, src.commit), op.label, m.Name))
 	if err := sw.flush(ctx, obj); err != nil {
 		return transport.ApplyResult{}, time.Time{}, err
@@ -261,29 +258,25 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	return res, started, nil
 }
 
-// applyError handles an apply that did not reach an outcome.
-func (r *NixosConfigurationReconciler) applyError(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, err error) (reconcile.Result, error) {
+// applyError classifies an apply that did not reach an outcome.
+func applyError(m *nio.Machine, err error) error {
 	switch {
-	case errors.Is(err, ErrConfig):
-		return reconcile.Result{}, err
+	case errors.Is(err, outcome.ErrConfig):
+		return err
 	case errors.Is(err, transport.ErrBusy):
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Machine %s is busy with another operation", m.Name))
-		return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+		return outcome.Wait(10*time.Second, ReasonProgressing, "Machine %s is busy with another operation", m.Name)
 	case errors.Is(err, transport.ErrHostKeyMismatch):
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostKeyMismatch, err.Error())
-		return reconcile.Result{}, reportedError{err}
+		return outcome.Failed(ReasonHostKeyMismatch, err)
 	case errors.Is(err, transport.ErrUnreachable):
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Machine %s unreachable: %v", m.Name, err))
-		return reconcile.Result{}, reportedError{err}
+		return outcome.Failed(ReasonHostUnreachable, fmt.Errorf("Machine %s unreachable: %w", m.Name, err))
 	}
-	markFailed(&obj.Status.Conditions, obj.Generation, ReasonApplyFailed, err.Error())
-	return reconcile.Result{}, reportedError{err}
+	return outcome.Failed(ReasonApplyFailed, err)
 }
 
-// record writes the outcome of an apply: on success the configuration's status, then
-// the Machine's, then a Normal event; on failure the attempt, a Warning event with the
+// record writes the outcome of an apply: on success the configuration's status and a
+// Normal event; on failure the attempt, a Warning event with the
 // log tail, and a retry after backoff.
-func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation, res transport.ApplyResult, started time.Time) (reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) record(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, op operation, res transport.ApplyResult, started time.Time) (outcome.Success, error) {
 	now := r.now()
 	rev := revision(obj.Spec.Ref, src.commit)
 	entry := nio.HistoryEntry{
@@ -307,14 +300,13 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Applying revision %s to Machine %s failed (%s via %s): %s", rev, m.Name, entry.Result, res.Transport, res.Message)
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionFalse, reason, msg)
-		markFailed(&obj.Status.Conditions, obj.Generation, reason, msg)
-		r.event(obj, corev1.EventTypeWarning, reason, "Apply", eventNote(msg, res.LogTail))
 		log.FromContext(ctx).Info("apply failed", "revision", rev, "result", entry.Result, "message", res.Message)
 		wait, _ := r.decide(obj, m, src, false)
 		if wait <= 0 {
 			wait = r.retryBase()
 		}
-		return reconcile.Result{RequeueAfter: wait}, nil
+		return outcome.Success{}, &outcome.Generic{Reason: reason, Err: errors.New(msg), RequeueAfter: wait,
+			Action: "Apply", Note: eventNote(msg, res.LogTail)}
 	}
 
 	entry.Result = nio.ResultSucceeded
@@ -327,18 +319,12 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, sw *statusWri
 	st.AppliedSystem, st.TargetMachine = res.StorePath, m.Name
 	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d)", rev, m.Name, res.Transport, res.Generation)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
-	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+rev)
-	// The configuration's status first, then the Machine's: a crash in between leaves
-	// the Machine behind, never ahead.
-	if err := sw.flush(ctx, obj); err != nil {
-		return reconcile.Result{}, err
-	}
-	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
-		return reconcile.Result{}, err
-	}
+	// The Machine controller copies what was applied into the Machine's status from
+	// this status (targetMachine names the Machine): one writer, and a failed write of
+	// the Machine is repaired by its next pass, never left until the next commit.
 	r.event(obj, corev1.EventTypeNormal, "Applied", "Apply", msg)
 	log.FromContext(ctx).Info("applied", "revision", rev, "transport", res.Transport, "generation", res.Generation)
-	return reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+	return outcome.Success{Reason: ReasonSucceeded, Message: "Applied revision " + rev, RequeueAfter: r.interval(obj)}, nil
 }
 
 func pushHistory(st *nio.NixosConfigurationStatus, e nio.HistoryEntry) {
@@ -346,31 +332,6 @@ func pushHistory(st *nio.NixosConfigurationStatus, e nio.HistoryEntry) {
 	if len(st.History) > historyLimit {
 		st.History = st.History[:historyLimit]
 	}
-}
-
-// patchMachineApplied writes the fields of the Machine's status this controller owns,
-// and only those (a JSON merge patch of the status subresource).
-func (r *NixosConfigurationReconciler) patchMachineApplied(ctx context.Context, m *nio.Machine, config, commit string, at *metav1.Time) error {
-	type fields struct {
-		HasConfiguration     bool         `json:"hasConfiguration"`
-		AppliedConfiguration *string      `json:"appliedConfiguration"`
-		AppliedCommit        *string      `json:"appliedCommit"`
-		AppliedCommitShort   *string      `json:"appliedCommitShort"`
-		LastAppliedTime      *metav1.Time `json:"lastAppliedTime"`
-	}
-	f := fields{}
-	if config != "" {
-		short := shortCommit(commit)
-		f = fields{HasConfiguration: true, AppliedConfiguration: &config, AppliedCommit: &commit, AppliedCommitShort: &short, LastAppliedTime: at}
-	}
-	body, err := json.Marshal(map[string]any{"status": f})
-	if err != nil {
-		return err
-	}
-	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
-		return fmt.Errorf("patch Machine %s status: %w", m.Name, err)
-	}
-	return nil
 }
 
 func (r *NixosConfigurationReconciler) event(obj *nio.NixosConfiguration, typ, reason, action, note string) {

@@ -7,6 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestSecondConfigurationIsMachineInUse: one configuration per Machine; the second
@@ -14,7 +15,7 @@ import (
 func TestSecondConfigurationIsMachineInUse(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01"))
 	f.waitApplied("worker-config", "worker-01", first)
@@ -30,7 +31,7 @@ func TestSecondConfigurationIsMachineInUse(t *testing.T) {
 		return nil
 	})
 	time.Sleep(2 * time.Second)
-	for _, op := range fleet.host("worker-01").ops() {
+	for _, op := range fleet.Host("worker-01").Ops() {
 		if op.Target.FlakeAttr != "worker" {
 			t.Fatalf("the second configuration applied: %+v", op)
 		}

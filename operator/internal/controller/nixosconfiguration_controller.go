@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -17,6 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 )
 
@@ -30,7 +31,7 @@ type NixosConfigurationReconciler struct {
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Sources   *Sources
-	Hosts     Hosts
+	Hosts     host.Hosts
 	Locks     *HostLocks
 	Installer Installer
 	PKI       *pki.Issuer
@@ -53,7 +54,6 @@ type NixosConfigurationReconciler struct {
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=nixosconfigurations/finalizers,verbs=update
 // +kubebuilder:rbac:groups=nio.homystack.com,resources=machines,verbs=get;list;watch
-// +kubebuilder:rbac:groups=nio.homystack.com,resources=machines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -81,7 +81,10 @@ func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	}()
 
 	if !obj.DeletionTimestamp.IsZero() {
-		return r.reconcileDelete(ctx, sw, obj)
+		if err := r.reconcileDelete(ctx, sw, obj); err != nil {
+			return r.summary(obj).Summarize(ctx, outcome.Success{}, err)
+		}
+		return reconcile.Result{}, nil // gone
 	}
 	if !controllerutil.ContainsFinalizer(obj, nio.Finalizer) {
 		patch := client.MergeFrom(obj.DeepCopy())
@@ -98,71 +101,25 @@ func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	}
 	obj.Status.ObservedGeneration = obj.Generation
 
-	result, err := r.reconcile(ctx, sw, obj)
-	return r.summarize(ctx, obj, result, err)
+	ok, err := r.reconcile(ctx, sw, obj)
+	return r.summary(obj).Summarize(ctx, ok, err)
 }
 
-// summarize turns the pass's outcome into conditions and a requeue decision:
-// configuration errors stall (no requeue: a change to the object or to what it
-// references triggers the next pass), other errors are retried with backoff.
-func (r *NixosConfigurationReconciler) summarize(ctx context.Context, obj *nio.NixosConfiguration, result reconcile.Result, err error) (reconcile.Result, error) {
-	if err == nil {
-		return result, nil
-	}
-	if reason, ok := configReason(err); ok {
-		markStalled(&obj.Status.Conditions, obj.Generation, reason, err.Error())
-		log.FromContext(ctx).Info("stalled", "reason", reason, "message", err.Error())
-		return reconcile.Result{}, nil
-	}
-	// An error whose reason the pass already put in Ready is retried as it is; any
-	// other says what failed here.
-	var rep reportedError
-	if !errors.As(err, &rep) {
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonReconcileFailed, err.Error())
-	}
-	return reconcile.Result{}, err
+// summary is where the pass's outcome lands: the configuration's conditions, its
+// Warning events, the requeue decision. Configuration errors stall (no requeue: a
+// change to the object or to what it references triggers the next pass); other
+// errors are retried with backoff.
+func (r *NixosConfigurationReconciler) summary(obj *nio.NixosConfiguration) outcome.Summary {
+	return outcome.Summary{Object: obj, Conditions: &obj.Status.Conditions, Recorder: r.Recorder}
 }
 
-// configReason tells whether err is a configuration error (a stalledError or one
-// marked ErrConfig), and its condition reason.
-func configReason(err error) (string, bool) {
-	var st stalledError
-	switch {
-	case errors.As(err, &st):
-		return st.reason, true
-	case errors.Is(err, ErrConfig):
-		return ReasonInvalidConfig, true
-	}
-	return "", false
-}
-
-// stalledError is a configuration error with a specific reason.
-type stalledError struct {
-	reason string
-	err    error
-}
-
-func (e stalledError) Error() string { return e.err.Error() }
-func (e stalledError) Unwrap() error { return e.err }
-
-// reportedError is an infrastructure error already described in the Ready
-// condition; it is retried with backoff.
-type reportedError struct{ err error }
-
-func (e reportedError) Error() string { return e.err.Error() }
-func (e reportedError) Unwrap() error { return e.err }
-
-func stalled(reason string, format string, args ...any) error {
-	return stalledError{reason: reason, err: fmt.Errorf(format, args...)}
-}
-
-func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (outcome.Success, error) {
 	machine, err := r.machine(ctx, obj)
 	if err != nil {
-		return reconcile.Result{}, err
+		return outcome.Success{}, err
 	}
 	if err := r.claim(ctx, obj, machine); err != nil {
-		return reconcile.Result{}, err
+		return outcome.Success{}, err
 	}
 
 	// A request is recorded as handled only when an apply reaches an outcome (record):
@@ -173,27 +130,27 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 
 	src, err := r.resolve(ctx, obj, machine)
 	if err != nil {
-		return reconcile.Result{}, err
+		return outcome.Success{}, err
 	}
 	if src.waitingFor != "" {
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonDependencyPending, src.waitingFor)
-		return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+		return outcome.Success{}, outcome.Wait(10*time.Second, ReasonDependencyPending, "%s", src.waitingFor)
 	}
 
 	if obj.Spec.FullInstall {
-		done, res, err := r.reconcileInstall(ctx, sw, obj, machine, src)
+		done, ok, err := r.reconcileInstall(ctx, sw, obj, machine, src)
 		if err != nil || !done {
-			return res, err
+			return ok, err
 		}
 	}
 
 	if wait, why := r.decide(obj, machine, src, force); why == "" {
 		if wait > 0 {
-			return reconcile.Result{RequeueAfter: wait}, nil
+			// The last apply of these inputs failed: its verdict stands until the retry.
+			ready := readyCondition(obj.Status.Conditions)
+			return outcome.Success{}, outcome.Retry(wait, ready.Reason, ready.Message)
 		}
-		markReady(&obj.Status.Conditions, obj.Generation, ReasonSucceeded,
-			"Applied revision "+revision(obj.Spec.Ref, obj.Status.AppliedCommit))
-		return reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+		return outcome.Success{Reason: ReasonSucceeded, RequeueAfter: r.interval(obj),
+			Message: "Applied revision " + revision(obj.Spec.Ref, obj.Status.AppliedCommit)}, nil
 	} else {
 		log.FromContext(ctx).Info("applying", "revision", revision(obj.Spec.Ref, src.commit), "why", why)
 	}
@@ -206,7 +163,7 @@ func (r *NixosConfigurationReconciler) machine(ctx context.Context, obj *nio.Nix
 	key := types.NamespacedName{Namespace: obj.Namespace, Name: obj.Spec.MachineRef.Name}
 	if err := r.Get(ctx, key, m); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, stalled(ReasonMachineNotFound, "Machine %s not found", key.Name)
+			return nil, outcome.Stalled(ReasonMachineNotFound, "Machine %s not found", key.Name)
 		}
 		return nil, fmt.Errorf("get Machine %s: %w", key.Name, err)
 	}
@@ -223,7 +180,7 @@ func (r *NixosConfigurationReconciler) claim(ctx context.Context, obj *nio.Nixos
 	}
 	owner := owner(list.Items, m.Status.AppliedConfiguration)
 	if owner != nil && owner.Name != obj.Name {
-		return stalled(ReasonMachineInUse, "Machine %s runs NixosConfiguration %s; delete it first", m.Name, owner.Name)
+		return outcome.Stalled(ReasonMachineInUse, "Machine %s runs NixosConfiguration %s; delete it first", m.Name, owner.Name)
 	}
 	return nil
 }
@@ -285,7 +242,7 @@ func (r *NixosConfigurationReconciler) secret(ctx context.Context, namespace, na
 	s := &corev1.Secret{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: namespace, Name: name}, s); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, stalled(ReasonInvalidConfig, "Secret %s not found", name)
+			return nil, outcome.Stalled(ReasonInvalidConfig, "Secret %s not found", name)
 		}
 		return nil, fmt.Errorf("get Secret %s: %w", name, err)
 	}

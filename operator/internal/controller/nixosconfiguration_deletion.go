@@ -14,19 +14,20 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
 // reconcileDelete handles a deleted configuration: apply onRemoveFlake (when set and
-// this configuration was applied), clear the Machine's configuration fields, then let
-// the object go. A host that can't be reached keeps the finalizer, with a condition
-// saying so, until it can or a person sets nio.homystack.com/skip-removal.
-func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) (reconcile.Result, error) {
+// this configuration was applied), release the Machine (its configuration fields are
+// cleared), then let the object go. A host that can't be reached keeps the finalizer, with a condition
+// saying so, until it can or a person sets nio.homystack.com/skip-removal. A nil
+// error means the object is gone.
+func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration) error {
 	if !controllerutil.ContainsFinalizer(obj, nio.Finalizer) {
-		return reconcile.Result{}, nil
+		return nil
 	}
 	logger := log.FromContext(ctx)
 	m := &nio.Machine{}
@@ -35,33 +36,42 @@ func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *
 	case apierrors.IsNotFound(err):
 		m = nil // nothing to remove from, nothing to clear
 	case err != nil:
-		return reconcile.Result{}, fmt.Errorf("get Machine: %w", err)
+		return fmt.Errorf("get Machine: %w", err)
 	}
 
 	_, skip := obj.Annotations[nio.SkipRemovalAnnotation]
 	applied := obj.Status.AppliedCommit != "" && obj.Status.TargetMachine != ""
 	if m != nil && applied && obj.Spec.OnRemoveFlake != "" && !skip {
-		if res, err := r.applyRemoval(ctx, sw, obj, m); err != nil || !res.IsZero() {
-			return res, err
+		if err := r.applyRemoval(ctx, sw, obj, m); err != nil {
+			return err
 		}
 	} else if skip && obj.Spec.OnRemoveFlake != "" {
 		logger.Info("removal skipped by annotation", "annotation", nio.SkipRemovalAnnotation)
 	}
 
-	if m != nil && m.Status.AppliedConfiguration == obj.Name {
-		if err := r.patchMachineApplied(ctx, m, "", "", nil); err != nil && !apierrors.IsNotFound(err) {
-			return reconcile.Result{}, err
+	// Release the Machine: the Machine controller derives its configuration fields
+	// from the configurations applied to it, so forgetting what this one applied
+	// clears them. The finalizer goes once the Machine says so: a configuration is
+	// never gone while its Machine still names it. (That needs no host: skip-removal
+	// does not skip it.)
+	if st := &obj.Status; st.TargetMachine != "" || st.AppliedCommit != "" {
+		st.TargetMachine, st.AppliedCommit, st.AppliedCommitShort, st.LastAppliedTime = "", "", "", nil
+		if err := sw.flush(ctx, obj); err != nil {
+			return err
 		}
+	}
+	if m != nil && m.Status.AppliedConfiguration == obj.Name {
+		return outcome.Wait(2*time.Second, ReasonRemoving, "Waiting for Machine %s to stop naming this configuration", m.Name)
 	}
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, nio.Finalizer)
 	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
-		return reconcile.Result{}, fmt.Errorf("remove finalizer: %w", err)
+		return fmt.Errorf("remove finalizer: %w", err)
 	}
 	// The object is gone once the finalizer is: nothing more to write or report.
 	sw.base = obj.DeepCopy()
 	r.Metrics.forget(obj)
-	return reconcile.Result{}, nil
+	return nil
 }
 
 // removalTarget turns onRemoveFlake into a target: `<dir>#<attr>` is a flake output,
@@ -73,31 +83,29 @@ func removalTarget(onRemove string) (transport.Target, error) {
 	return transport.Target{ModuleFile: onRemove}, nil
 }
 
-// applyRemoval switches the Machine to onRemoveFlake. A zero result and nil error mean
-// it succeeded.
-func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine) (reconcile.Result, error) {
+// applyRemoval switches the Machine to onRemoveFlake; nil means it succeeded.
+func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine) error {
 	target, err := removalTarget(obj.Spec.OnRemoveFlake)
 	if err != nil {
-		return r.removalFailed(obj, m, err)
+		return r.removalFailed(obj, m, err, "")
 	}
 	src, err := r.resolveSource(ctx, obj, m)
 	if err == nil && src.waitingFor != "" {
 		err = errors.New(src.waitingFor)
 	}
 	if err != nil {
-		return r.removalFailed(obj, m, fmt.Errorf("source: %w", err))
+		return r.removalFailed(obj, m, fmt.Errorf("source: %w", err), "")
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "removal of "+obj.Name)
 	if !ok {
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonRemoving, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
-		return reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+		return outcome.Wait(5*time.Second, ReasonRemoving, "Waiting for Machine %s: %s is running", m.Name, holder)
 	}
 	defer unlock()
 
 	op := operation{label: "remove", action: string(nio.ActionSwitch), target: target}
 	res, started, err := r.run(ctx, sw, obj, m, src, op)
 	if err != nil {
-		return r.removalFailed(obj, m, err)
+		return r.removalFailed(obj, m, err, "")
 	}
 	entry := nio.HistoryEntry{
 		Commit: src.commit, Action: "remove", Transport: res.Transport, StartTime: metav1.NewTime(started),
@@ -108,26 +116,29 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 	if res.Outcome != transport.OutcomeSucceeded {
 		entry.Result = nio.ResultFailed
 		pushHistory(&obj.Status, entry)
-		r.event(obj, corev1.EventTypeWarning, ReasonRemovalFailed, "Remove", eventNote("onRemoveFlake failed: "+res.Message, res.LogTail))
-		return r.removalFailed(obj, m, fmt.Errorf("%s: %s", res.Outcome, res.Message))
+		return r.removalFailed(obj, m, fmt.Errorf("%s: %s", res.Outcome, res.Message), eventNote("onRemoveFlake failed: "+res.Message, res.LogTail))
 	}
 	entry.Result = nio.ResultSucceeded
 	pushHistory(&obj.Status, entry)
 	r.event(obj, corev1.EventTypeNormal, "Removed", "Remove",
 		fmt.Sprintf("Applied onRemoveFlake %s (revision %s) to Machine %s via %s", obj.Spec.OnRemoveFlake, revision(obj.Spec.Ref, src.commit), m.Name, res.Transport))
-	return reconcile.Result{}, nil
+	return nil
 }
 
-// removalFailed keeps the finalizer and says why, and how to let go.
-func (r *NixosConfigurationReconciler) removalFailed(obj *nio.NixosConfiguration, m *nio.Machine, err error) (reconcile.Result, error) {
+// removalFailed keeps the finalizer and says why, and how to let go; a Warning event
+// carries note when there is one.
+func (r *NixosConfigurationReconciler) removalFailed(obj *nio.NixosConfiguration, m *nio.Machine, err error, note string) error {
 	msg := fmt.Sprintf("Cannot apply onRemoveFlake %s to Machine %s: %v; the configuration is kept until it succeeds, or set the annotation %s to let it go",
 		obj.Spec.OnRemoveFlake, m.Name, err, nio.SkipRemovalAnnotation)
 	reason := ReasonRemovalFailed
 	if errors.Is(err, transport.ErrUnreachable) {
 		reason = ReasonHostUnreachable
 	}
-	markFailed(&obj.Status.Conditions, obj.Generation, reason, msg)
-	return reconcile.Result{RequeueAfter: r.retryBase()}, nil
+	g := &outcome.Generic{Reason: reason, Err: errors.New(msg), RequeueAfter: r.retryBase()}
+	if note != "" {
+		g.Action, g.Note = "Remove", note
+	}
+	return g
 }
 
 func (r *NixosConfigurationReconciler) retryBase() time.Duration {

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 func withRemoval(flake string) func(*nio.NixosConfiguration) {
@@ -32,15 +33,15 @@ func gone(t *testing.T, ns, name string) func() error {
 func TestDeletionAppliesRemovalFlake(t *testing.T) {
 	for _, tc := range []struct {
 		onRemove string
-		check    func(op appliedOp) bool
+		check    func(op hosttest.AppliedOp) bool
 	}{
-		{".#minimal", func(op appliedOp) bool { return op.Target.FlakeAttr == "minimal" && op.Target.FlakeDir == "." }},
-		{"hosts/minimal.nix", func(op appliedOp) bool { return op.Target.ModuleFile == "hosts/minimal.nix" }},
+		{".#minimal", func(op hosttest.AppliedOp) bool { return op.Target.FlakeAttr == "minimal" && op.Target.FlakeDir == "." }},
+		{"hosts/minimal.nix", func(op hosttest.AppliedOp) bool { return op.Target.ModuleFile == "hosts/minimal.nix" }},
 	} {
 		t.Run(strings.ReplaceAll(tc.onRemove, "/", "_"), func(t *testing.T) {
 			f := newFixture(t)
 			first := f.commit("1")
-			fleet := newFakeFleet()
+			fleet := hosttest.NewFleet()
 			f.op = startOperator(t, f.ns, fleet, nil)
 			f.create(f.config("worker-config", "worker-01", withRemoval(tc.onRemove)))
 			f.waitApplied("worker-config", "worker-01", first)
@@ -49,7 +50,7 @@ func TestDeletionAppliesRemovalFlake(t *testing.T) {
 				t.Fatal(err)
 			}
 			eventually(t, 20*time.Second, "configuration gone", gone(t, f.ns, "worker-config"))
-			ops := fleet.host("worker-01").ops()
+			ops := fleet.Host("worker-01").Ops()
 			last := ops[len(ops)-1]
 			if len(ops) != 2 || !tc.check(last) || last.Action != "switch" {
 				t.Fatalf("host saw %+v, want the apply then a switch to %s", ops, tc.onRemove)
@@ -67,12 +68,12 @@ func TestDeletionAppliesRemovalFlake(t *testing.T) {
 func TestDeletionWaitsForUnreachableHost(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01", withRemoval(".#minimal")))
 	f.waitApplied("worker-config", "worker-01", first)
 
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp, h.sshUp = false, false })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp, h.SSHUp = false, false })
 	ctx := context.Background()
 	if err := env.Client.Delete(ctx, getConfig(t, f.ns, "worker-config")); err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func TestDeletionWaitsForUnreachableHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "configuration let go", gone(t, f.ns, "worker-config"))
-	if ops := fleet.host("worker-01").ops(); len(ops) != 1 {
+	if ops := fleet.Host("worker-01").Ops(); len(ops) != 1 {
 		t.Errorf("host saw %d operations, want only the first apply", len(ops))
 	}
 	if m := getMachine(t, f.ns, "worker-01"); m.Status.HasConfiguration || m.Status.AppliedConfiguration != "" {

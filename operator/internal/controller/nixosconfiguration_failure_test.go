@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestFailingBuildKeepsAppliedCommit: a commit that does not build leaves
@@ -16,15 +17,15 @@ import (
 func TestFailingBuildKeepsAppliedCommit(t *testing.T) {
 	f := newFixture(t)
 	good := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01"))
 	f.waitApplied("worker-config", "worker-01", good)
 
-	host := fleet.host("worker-01")
+	host := fleet.Host("worker-01")
 	bad := f.repo.CommitFiles(t, map[string]string{"flake.nix": "{ broken"}, "broken")
-	host.set(func(h *fakeHost) {
-		h.failCommits[bad] = []string{"error: syntax error, unexpected end of file", "       at /build/source/flake.nix:1:9"}
+	host.Set(func(h *hosttest.Host) {
+		h.FailCommits[bad] = []string{"error: syntax error, unexpected end of file", "       at /build/source/flake.nix:1:9"}
 	})
 	eventually(t, 30*time.Second, "failure recorded", func() error {
 		c := getConfig(t, f.ns, "worker-config")
@@ -54,9 +55,9 @@ func TestFailingBuildKeepsAppliedCommit(t *testing.T) {
 
 	// Retries of the same broken input back off (2s, 4s, ... in this suite), not one
 	// per 1s poll.
-	applies := len(host.ops())
+	applies := len(host.Ops())
 	time.Sleep(4 * time.Second)
-	if n := len(host.ops()) - applies; n > 2 {
+	if n := len(host.Ops()) - applies; n > 2 {
 		t.Errorf("%d retries of an unchanged broken commit in 4s, want backoff", n)
 	}
 
@@ -74,12 +75,12 @@ func TestFailingBuildKeepsAppliedCommit(t *testing.T) {
 func TestRolledBackSwitchIsNotApplied(t *testing.T) {
 	f := newFixture(t)
 	good := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01"))
 	f.waitApplied("worker-config", "worker-01", good)
 
-	fleet.host("worker-01").set(func(h *fakeHost) { h.confirmFails = true })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.ConfirmFails = true })
 	cut := f.commit("2")
 	eventually(t, 30*time.Second, "rollback recorded", func() error {
 		c := getConfig(t, f.ns, "worker-config")
@@ -104,8 +105,8 @@ func TestRolledBackSwitchIsNotApplied(t *testing.T) {
 func TestAgentDownAppliesOverSSH(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false })
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = false })
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01"))
 	f.waitApplied("worker-config", "worker-01", first)

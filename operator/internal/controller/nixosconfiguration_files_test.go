@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 const dbPassword = "correct-horse-battery-staple-91"
@@ -25,12 +26,9 @@ const dbPassword = "correct-horse-battery-staple-91"
 func TestAdditionalFilesReachTheSource(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) { h.facts = report })
+	report := facterfixture.Report
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.FactsReport = report })
 	f.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-secret", Namespace: f.ns},
 		Data: map[string][]byte{"password": []byte(dbPassword)}})
 	f.op = startOperator(t, f.ns, fleet, nil)
@@ -46,8 +44,8 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 	}))
 	f.waitApplied("worker-config", "worker-01", first)
 
-	host := fleet.host("worker-01")
-	op := host.ops()[0]
+	host := fleet.Host("worker-01")
+	op := host.Ops()[0]
 	for name, content := range op.Files {
 		if strings.Contains(content, dbPassword) || strings.HasPrefix(name, "secrets/") {
 			t.Errorf("the source holds the secret (%s)", name)
@@ -83,7 +81,7 @@ func TestAdditionalFilesReachTheSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "rotated secret applied", func() error {
-		ops := host.ops()
+		ops := host.Ops()
 		if last := ops[len(ops)-1]; len(ops) < 2 || last.Secrets == nil || len(last.Secrets.Files) != 1 || string(last.Secrets.Files[0].Data) != rotated || last.Outcome != "Succeeded" {
 			return errorf("%d applies", len(ops))
 		}

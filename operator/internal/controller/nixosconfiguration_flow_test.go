@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/testkit/gittest"
 )
@@ -115,7 +116,7 @@ var hex40 = regexp.MustCompile(`^[0-9a-f]{40}$`)
 func TestUsageGuideFlow(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	f.op = startOperator(t, f.ns, newFakeFleet(), nil)
+	f.op = startOperator(t, f.ns, hosttest.NewFleet(), nil)
 	f.create(f.config("worker-config", "worker-01"))
 
 	f.waitApplied("worker-config", "worker-01", first)
@@ -135,8 +136,8 @@ func TestUsageGuideFlow(t *testing.T) {
 	if c.Status.LatestCommit != first || c.Status.TargetMachine != "worker-01" || c.Status.CurrentOperation != nil {
 		t.Errorf("status = %+v", c.Status)
 	}
-	host := f.op.fleet.host("worker-01")
-	if ops := host.ops(); len(ops) != 1 || ops[0].Transport != nio.TransportAgent || ops[0].Target.FlakeAttr != "worker" ||
+	host := f.op.fleet.Host("worker-01")
+	if ops := host.Ops(); len(ops) != 1 || ops[0].Transport != nio.TransportAgent || ops[0].Target.FlakeAttr != "worker" ||
 		ops[0].Files["version.txt"] != "1\n" || ops[0].Action != "switch" {
 		t.Fatalf("host saw %+v, want one agent switch of .#worker with version 1", ops)
 	}
@@ -176,7 +177,7 @@ func TestUsageGuideFlow(t *testing.T) {
 	}
 	// Nothing new: no more applies however many polls pass.
 	time.Sleep(3 * time.Second)
-	if n := len(host.ops()); n != 2 {
+	if n := len(host.Ops()); n != 2 {
 		t.Errorf("host saw %d applies, want 2 (one per commit)", n)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,12 +18,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
@@ -39,29 +38,27 @@ type Installer interface {
 // switches. The install is once-only: a host that carries the marker, or answers as
 // nio-agent, is never wiped again unless a new nio.homystack.com/reinstall value asks
 // for it. Status alone never decides a wipe.
-func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, outcome.Success, error) {
 	reinstall := obj.Annotations[nio.ReinstallAnnotation]
 	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
 	if obj.Status.FullInstallCompleted && !wantReinstall {
-		return true, reconcile.Result{}, nil
+		return true, outcome.Success{}, nil
 	}
 	if !wantReinstall {
 		if next, ok := r.nextInstallAttempt(obj, src); ok && next.After(r.now()) {
 			msg := fmt.Sprintf("%s; next attempt after %s", installFailedMessage(obj), next.UTC().Format(time.RFC3339))
-			markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
-			return false, reconcile.Result{RequeueAfter: next.Sub(r.now())}, nil
+			return false, outcome.Success{}, outcome.Retry(next.Sub(r.now()), ReasonInstallFailed, msg)
 		}
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "install of "+obj.Name)
 	if !ok {
-		markReconciling(&obj.Status.Conditions, obj.Generation, ReasonProgressing, fmt.Sprintf("Waiting for Machine %s: %s is running", m.Name, holder))
-		return false, reconcile.Result{RequeueAfter: 5 * time.Second}, nil
+		return false, outcome.Success{}, outcome.Wait(5*time.Second, ReasonProgressing, "Waiting for Machine %s: %s is running", m.Name, holder)
 	}
 	defer unlock()
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	defer host.Close()
 
@@ -69,8 +66,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 		installed, how, err := r.installedAlready(ctx, host)
 		if err != nil {
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonHostUnreachable, err.Error())
-			markFailed(&obj.Status.Conditions, obj.Generation, ReasonHostUnreachable, fmt.Sprintf("Cannot tell whether Machine %s is installed: %v", m.Name, err))
-			return false, reconcile.Result{}, reportedError{err}
+			return false, outcome.Success{}, outcome.Failed(ReasonHostUnreachable, fmt.Errorf("Cannot tell whether Machine %s is installed: %w", m.Name, err))
 		}
 		if installed {
 			obj.Status.FullInstallCompleted = true
@@ -79,7 +75,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 			}
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonAlreadyInstalled,
 				fmt.Sprintf("Machine %s is already installed (%s); set %s to install again", m.Name, how, nio.ReinstallAnnotation))
-			return true, reconcile.Result{}, nil
+			return true, outcome.Success{}, nil
 		}
 	}
 	return r.runInstall(ctx, sw, obj, m, src, reinstall)
@@ -130,7 +126,7 @@ func installFailedMessage(obj *nio.NixosConfiguration) string {
 
 // installedAlready asks the host itself: our agent answering means NIO installed or
 // adopted it; otherwise the marker file, over SSH.
-func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, host Host) (bool, string, error) {
+func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, host host.Host) (bool, string, error) {
 	if p := host.Probe(ctx); p.AgentReachable {
 		return true, "nio-agent answers", nil
 	}
@@ -144,38 +140,38 @@ func (r *NixosConfigurationReconciler) installedAlready(ctx context.Context, hos
 	return false, "", nil
 }
 
-func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, reinstall string) (bool, reconcile.Result, error) {
+func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource, reinstall string) (bool, outcome.Success, error) {
 	target, err := parseFlake(obj.Spec.Flake)
 	if err != nil {
-		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "%v", err)
+		return false, outcome.Success{}, outcome.Stalled(ReasonInvalidConfig, "%v", err)
 	}
-	key, err := MachineSSHKey(ctx, r.Client, m)
+	key, err := host.SSHKey(ctx, r.Client, m)
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	if r.PKI == nil || r.Installer == nil {
-		return false, reconcile.Result{}, stalled(ReasonInvalidConfig, "fullInstall is not available: the operator runs without an installer")
+		return false, outcome.Success{}, outcome.Stalled(ReasonInvalidConfig, "fullInstall is not available: the operator runs without an installer")
 	}
 	ident, err := r.PKI.IssueMachineServer(m.Namespace, m.Name)
 	if err != nil {
-		return false, reconcile.Result{}, fmt.Errorf("issue agent certificate: %w", err)
+		return false, outcome.Success{}, fmt.Errorf("issue agent certificate: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "nio-install-")
 	if err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 	defer os.RemoveAll(dir)
 	if err := unpackArchive(src.archive.Data, dir); err != nil {
-		return false, reconcile.Result{}, fmt.Errorf("unpack source for nixos-anywhere: %w", err)
+		return false, outcome.Success{}, fmt.Errorf("unpack source for nixos-anywhere: %w", err)
 	}
 
 	started := r.now()
 	obj.Status.LastAttemptedCommit = src.commit
 	setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstalling,
 		fmt.Sprintf("Installing revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name))
-	markReconciling(&obj.Status.Conditions, obj.Generation, ReasonInstalling, "Installing with nixos-anywhere")
+	r.summary(obj).Progressing(ReasonInstalling, "Installing with nixos-anywhere")
 	if err := sw.flush(ctx, obj); err != nil {
-		return false, reconcile.Result{}, err
+		return false, outcome.Success{}, err
 	}
 
 	logger := log.FromContext(ctx)
@@ -211,11 +207,10 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Installing revision %s on Machine %s failed: %s", revision(obj.Spec.Ref, src.commit), m.Name, entry.Message)
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstallFailed, msg)
-		markFailed(&obj.Status.Conditions, obj.Generation, ReasonInstallFailed, msg)
-		r.event(obj, corev1.EventTypeWarning, ReasonInstallFailed, "Install", eventNote(msg, res.LogTail))
 		r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeFailed}, r.now().Sub(started))
 		next, _ := r.nextInstallAttempt(obj, src)
-		return false, reconcile.Result{RequeueAfter: max(next.Sub(r.now()), r.retryBase())}, nil
+		return false, outcome.Success{}, &outcome.Generic{Reason: ReasonInstallFailed, Err: errors.New(msg),
+			RequeueAfter: max(next.Sub(r.now()), r.retryBase()), Action: "Install", Note: eventNote(msg, res.LogTail)}
 	}
 
 	// nixos-anywhere installed the system of this commit: it is applied.
@@ -230,60 +225,31 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	msg := fmt.Sprintf("Installed revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionTrue, ReasonInstalled, msg)
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
-	markReady(&st.Conditions, obj.Generation, ReasonSucceeded, "Applied revision "+revision(obj.Spec.Ref, src.commit))
 	r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeSucceeded}, now.Sub(started))
-	if err := sw.flush(ctx, obj); err != nil {
-		return false, reconcile.Result{}, err
-	}
-	if err := r.patchMachineInstalled(ctx, m, res.HostPublicKey); err != nil {
-		return false, reconcile.Result{}, err
-	}
-	if err := r.patchMachineApplied(ctx, m, obj.Name, src.commit, st.LastAppliedTime); err != nil {
-		return false, reconcile.Result{}, err
+	// The Machine controller takes the generated host key's fingerprint, with what was
+	// applied, from this status.
+	fp, err := hostKeyFingerprint(res.HostPublicKey)
+	st.InstalledHostKeyFingerprint = fp
+	if err != nil {
+		return false, outcome.Success{}, err
 	}
 	r.event(obj, corev1.EventTypeNormal, ReasonInstalled, "Install", msg)
-	return false, reconcile.Result{RequeueAfter: r.interval(obj)}, nil
+	return false, outcome.Success{Reason: ReasonSucceeded, Message: "Applied revision " + revision(obj.Spec.Ref, src.commit),
+		RequeueAfter: r.interval(obj)}, nil
 }
 
-// patchMachineInstalled records the fingerprint of the host key the operator
-// generated for the new system, so SSH trusts it without trust-on-first-use.
-func (r *NixosConfigurationReconciler) patchMachineInstalled(ctx context.Context, m *nio.Machine, hostKey string) error {
+// hostKeyFingerprint is the SHA256 fingerprint of the host key the operator
+// generated for a new system ("" when there is none), so SSH trusts it without
+// trust on first use.
+func hostKeyFingerprint(hostKey string) (string, error) {
 	if hostKey == "" {
-		return nil
+		return "", nil
 	}
 	pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(hostKey))
 	if err != nil {
-		return fmt.Errorf("installed host key: %w", err)
+		return "", fmt.Errorf("installed host key: %w", err)
 	}
-	body, _ := json.Marshal(map[string]any{"status": map[string]any{"sshHostKeyFingerprint": ssh.FingerprintSHA256(pub)}})
-	if err := r.Status().Patch(ctx, m, client.RawPatch(types.MergePatchType, body)); err != nil {
-		return fmt.Errorf("patch Machine %s host key: %w", m.Name, err)
-	}
-	return nil
-}
-
-// MachineSSHKey reads the Machine's SSH private key from its Secret.
-func MachineSSHKey(ctx context.Context, c client.Client, m *nio.Machine) ([]byte, error) {
-	ref := m.Spec.SSHKeySecretRef
-	if ref == nil {
-		return nil, stalled(ReasonSSHKeyMissing, "Machine %s has no sshKeySecretRef", m.Name)
-	}
-	key := ref.Key
-	if key == "" {
-		key = "ssh-privatekey"
-	}
-	s := &corev1.Secret{}
-	if err := c.Get(ctx, types.NamespacedName{Namespace: m.Namespace, Name: ref.Name}, s); err != nil {
-		if client.IgnoreNotFound(err) == nil {
-			return nil, stalled(ReasonSSHKeyMissing, "Secret %s (Machine %s's SSH key) not found", ref.Name, m.Name)
-		}
-		return nil, fmt.Errorf("get Secret %s: %w", ref.Name, err)
-	}
-	v, ok := s.Data[key]
-	if !ok || len(v) == 0 {
-		return nil, stalled(ReasonSSHKeyMissing, "Secret %s has no key %q (Machine %s's SSH key)", ref.Name, key, m.Name)
-	}
-	return v, nil
+	return ssh.FingerprintSHA256(pub), nil
 }
 
 // unpackArchive writes a rendered archive into dir (for nixos-anywhere, which reads

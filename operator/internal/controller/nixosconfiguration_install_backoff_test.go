@@ -6,6 +6,7 @@ import (
 	"time"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestFailingInstallBacksOffAcrossRestarts: a failing nixos-anywhere run (each one
@@ -15,19 +16,19 @@ import (
 func TestFailingInstallBacksOffAcrossRestarts(t *testing.T) {
 	f := newFixture(t)
 	f.commit("1")
-	fleet := newFakeFleet()
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false })
-	installer := &fakeInstaller{fleet: fleet, fail: errors.New("kexec_load failed: Operation not permitted")}
+	fleet := hosttest.NewFleet()
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = false })
+	installer := &hosttest.Installer{Fleet: fleet, Fail: errors.New("kexec_load failed: Operation not permitted")}
 	f.op = startOperator(t, f.ns, fleet, installer) // RetryBase 2s: waits 2s, 4s, 8s, ...
 	f.create(f.config("worker-config", "worker-01", func(c *nio.NixosConfiguration) { c.Spec.FullInstall = true }))
 
 	eventually(t, 30*time.Second, "three failed installs", func() error {
-		if n := installer.count(); n < 3 {
+		if n := installer.Count(); n < 3 {
 			return errorf("%d runs", n)
 		}
 		return nil
 	})
-	at := installer.times()
+	at := installer.Times()
 	if gap1, gap2 := at[1].Sub(at[0]), at[2].Sub(at[1]); gap1 < 1800*time.Millisecond || gap2 < 3600*time.Millisecond {
 		t.Fatalf("install retried after %v then %v, want at least 2s then 4s", gap1, gap2)
 	}
@@ -39,18 +40,18 @@ func TestFailingInstallBacksOffAcrossRestarts(t *testing.T) {
 	// The next try is due 8s after the third: a restarted operator must wait too.
 	f.op.stop()
 	f.op = startOperator(t, f.ns, fleet, installer)
-	runs := installer.count()
+	runs := installer.Count()
 	time.Sleep(5 * time.Second)
-	if n := installer.count(); n != runs {
+	if n := installer.Count(); n != runs {
 		t.Fatalf("a restarted operator ran the failing install %d more times within 5s, want none before the 8s backoff ends", n-runs)
 	}
 	eventually(t, 20*time.Second, "the fourth attempt", func() error {
-		if n := installer.count(); n <= runs {
+		if n := installer.Count(); n <= runs {
 			return errorf("%d runs", n)
 		}
 		return nil
 	})
-	if gap := installer.times()[runs].Sub(at[2]); gap < 7*time.Second {
+	if gap := installer.Times()[runs].Sub(at[2]); gap < 7*time.Second {
 		t.Errorf("fourth attempt %v after the third, want the 8s backoff", gap)
 	}
 }

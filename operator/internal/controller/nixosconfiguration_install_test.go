@@ -9,6 +9,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestFullInstallRunsOnce: nixos-anywhere runs once across a push, an operator
@@ -17,19 +18,19 @@ import (
 func TestFullInstallRunsOnce(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	// A fresh host: no agent yet, SSH into the installer image.
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false })
-	installer := &fakeInstaller{fleet: fleet}
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = false })
+	installer := &hosttest.Installer{Fleet: fleet}
 	f.op = startOperator(t, f.ns, fleet, installer)
 	full := func(c *nio.NixosConfiguration) { c.Spec.FullInstall = true }
 	f.create(f.config("worker-config", "worker-01", full))
 	f.waitApplied("worker-config", "worker-01", first)
 
-	if n := installer.count(); n != 1 {
+	if n := installer.Count(); n != 1 {
 		t.Fatalf("installer ran %d times, want 1", n)
 	}
-	run := installer.runs[0]
+	run := installer.Runs()[0]
 	if run.FlakeAttr != "worker" || run.Commit != first || run.Host != "192.168.1.100" || run.Port != 22 || run.User != "root" ||
 		len(run.SSHPrivateKey) == 0 || len(run.AgentTLS.Cert) == 0 || len(run.AgentTLS.Key) == 0 {
 		t.Errorf("install request = %+v", run)
@@ -41,12 +42,21 @@ func TestFullInstallRunsOnce(t *testing.T) {
 	if cond := condition(c.Status.Conditions, nio.ConditionInstalled); cond == nil || cond.Status != metav1.ConditionTrue {
 		t.Errorf("Installed = %+v", cond)
 	}
-	if m := getMachine(t, f.ns, "worker-01"); m.Status.SSHHostKeyFingerprint == "" {
-		t.Errorf("the generated host key's fingerprint was not recorded")
+	// The Machine trusts the host key generated for the new system, not the one the
+	// installer image showed on first contact.
+	want, err := hostKeyFingerprint(hosttest.InstalledHostKey)
+	if err != nil || c.Status.InstalledHostKeyFingerprint != want {
+		t.Fatalf("installedHostKeyFingerprint = %q, want %q (%v)", c.Status.InstalledHostKeyFingerprint, want, err)
 	}
+	eventually(t, 20*time.Second, "the generated host key's fingerprint recorded", func() error {
+		if fp := getMachine(t, f.ns, "worker-01").Status.SSHHostKeyFingerprint; fp != want {
+			return errorf("Machine fingerprint %q, want %q", fp, want)
+		}
+		return nil
+	})
 
 	// The installed system runs the agent; a push is a day-two switch.
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = true })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = true })
 	second := f.commit("2")
 	f.waitApplied("worker-config", "worker-01", second)
 
@@ -67,7 +77,7 @@ func TestFullInstallRunsOnce(t *testing.T) {
 		}
 		return nil
 	})
-	fleet.host("worker-01").set(func(h *fakeHost) { h.agentUp = false }) // only the marker can tell
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.AgentUp = false }) // only the marker can tell
 	f.create(f.config("worker-config", "worker-01", full))
 	eventually(t, 20*time.Second, "re-created configuration sees the install", func() error {
 		c := getConfig(t, f.ns, "worker-config")
@@ -76,7 +86,7 @@ func TestFullInstallRunsOnce(t *testing.T) {
 		}
 		return nil
 	})
-	if n := installer.count(); n != 1 {
+	if n := installer.Count(); n != 1 {
 		t.Fatalf("installer ran %d times across push, restart and re-creation, want 1", n)
 	}
 
@@ -88,13 +98,13 @@ func TestFullInstallRunsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, "reinstall", func() error {
-		if n := installer.count(); n != 2 {
+		if n := installer.Count(); n != 2 {
 			return errorf("installer ran %d times", n)
 		}
 		return nil
 	})
 	time.Sleep(2 * time.Second)
-	if n := installer.count(); n != 2 {
+	if n := installer.Count(); n != 2 {
 		t.Fatalf("installer ran %d times after one reinstall request, want 2", n)
 	}
 }

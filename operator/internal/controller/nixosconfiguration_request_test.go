@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // flakyProxy forwards to a git server and answers 503 to ref advertisements
@@ -52,7 +53,7 @@ func TestRequestedAtSurvivesATransientSourceError(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
 	proxy := newFlakyProxy(t, f.srv.URL)
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.op = startOperator(t, f.ns, fleet, nil)
 	// Hourly: only the request can bring a second apply.
 	f.create(f.config("worker-config", "worker-01", func(c *nio.NixosConfiguration) {
@@ -60,7 +61,7 @@ func TestRequestedAtSurvivesATransientSourceError(t *testing.T) {
 		c.Spec.Interval.Duration = time.Hour
 	}))
 	f.waitApplied("worker-config", "worker-01", first)
-	host := fleet.host("worker-01")
+	host := fleet.Host("worker-01")
 
 	// The server fails while the request's pass (started by the annotation's change
 	// within milliseconds) and its first retries run.
@@ -76,14 +77,14 @@ func TestRequestedAtSurvivesATransientSourceError(t *testing.T) {
 	if proxy.failed.Load() == 0 {
 		t.Fatal("no ls-remote reached the failing server")
 	}
-	if c.Status.LastHandledRequestedAt != "" || len(host.ops()) != 1 {
+	if c.Status.LastHandledRequestedAt != "" || len(host.Ops()) != 1 {
 		t.Fatalf("while ls-remote fails: lastHandledRequestedAt %q, %d applies; want the request pending, 1 apply",
-			c.Status.LastHandledRequestedAt, len(host.ops()))
+			c.Status.LastHandledRequestedAt, len(host.Ops()))
 	}
 	proxy.failures.Store(0)
 	eventually(t, 30*time.Second, "the requested apply", func() error {
 		c := getConfig(t, f.ns, "worker-config")
-		if n := len(host.ops()); n != 2 || c.Status.LastHandledRequestedAt != "2026-01-01T00:00:00Z" {
+		if n := len(host.Ops()); n != 2 || c.Status.LastHandledRequestedAt != "2026-01-01T00:00:00Z" {
 			return errorf("%d applies, lastHandledRequestedAt %q", n, c.Status.LastHandledRequestedAt)
 		}
 		return nil

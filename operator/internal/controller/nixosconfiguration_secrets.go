@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -11,14 +12,14 @@ import (
 // secretsError gives the secrets' own configuration errors their reasons (terminal:
 // nothing is sent to the host until the spec or the Secret changes).
 func secretsError(err error) error {
-	var st stalledError
+	var st *outcome.Stalling
 	switch {
 	case errors.Is(err, render.ErrSecretConflict):
-		return stalledError{reason: ReasonSecretPathConflict, err: err}
+		return &outcome.Stalling{Reason: ReasonSecretPathConflict, Err: err}
 	case errors.Is(err, render.ErrSecretTooLarge):
-		return stalledError{reason: ReasonSecretTooLarge, err: err}
+		return &outcome.Stalling{Reason: ReasonSecretTooLarge, Err: err}
 	case errors.Is(err, render.ErrInvalidPath) && !errors.As(err, &st):
-		return stalledError{reason: ReasonInvalidConfig, err: err}
+		return &outcome.Stalling{Reason: ReasonInvalidConfig, Err: err}
 	}
 	return err
 }

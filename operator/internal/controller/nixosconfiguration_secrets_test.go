@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/operator/internal/render"
 )
 
@@ -47,12 +48,12 @@ func waitStalled(t *testing.T, ns, name, reason string) string {
 func TestSecretModeAndOwnerReachTheHostBesideTheSource(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.create(dbSecret(f.ns, []byte(dbPassword)))
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01", secretFile))
 	f.waitApplied("worker-config", "worker-01", first)
-	op := fleet.host("worker-01").ops()[0]
+	op := fleet.Host("worker-01").Ops()[0]
 	if s := op.Secrets; s == nil || len(s.Files) != 1 || s.Files[0].Mode != 0o440 || s.Files[0].Owner != "postgres" || s.Files[0].Group != "postgres" {
 		t.Fatalf("secrets sent = %+v", op.Secrets)
 	}
@@ -68,7 +69,7 @@ func TestSecretPathOfARepositoryFileStallsAndSendsNothing(t *testing.T) {
 		"flake.nix":                 "{ outputs = { self }: { }; }\n",
 		"secrets/database-password": "placeholder committed by mistake\n",
 	}, "a tracked file where the secret goes")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.create(dbSecret(f.ns, []byte(dbPassword)))
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01", secretFile))
@@ -80,7 +81,7 @@ func TestSecretPathOfARepositoryFileStallsAndSendsNothing(t *testing.T) {
 	if src := condition(getConfig(t, f.ns, "worker-config").Status.Conditions, nio.ConditionSourceReady); src == nil || src.Reason != ReasonSecretPathConflict {
 		t.Errorf("SourceReady = %+v", src)
 	}
-	if ops := fleet.host("worker-01").ops(); len(ops) != 0 {
+	if ops := fleet.Host("worker-01").Ops(); len(ops) != 0 {
 		t.Errorf("the host got %d applies", len(ops))
 	}
 	assertNowhere(t, f.ns, dbPassword)
@@ -89,7 +90,7 @@ func TestSecretPathOfARepositoryFileStallsAndSendsNothing(t *testing.T) {
 func TestOversizedSecretsStallBeforeAnythingIsSent(t *testing.T) {
 	f := newFixture(t)
 	f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	// The API server caps one Secret at 1 MiB; five of 900 KiB exceed the 4 MiB all
 	// of a configuration's secrets may have.
 	var files []nio.AdditionalFile
@@ -106,7 +107,7 @@ func TestOversizedSecretsStallBeforeAnythingIsSent(t *testing.T) {
 	if !strings.Contains(msg, fmt.Sprint(render.MaxSecretsBytes)) || strings.Contains(msg, "ZZZZ") {
 		t.Errorf("message %q", msg)
 	}
-	if ops := fleet.host("worker-01").ops(); len(ops) != 0 {
+	if ops := fleet.Host("worker-01").Ops(); len(ops) != 0 {
 		t.Errorf("the host got %d applies", len(ops))
 	}
 }
@@ -117,7 +118,7 @@ func TestOversizedSecretsStallBeforeAnythingIsSent(t *testing.T) {
 func TestSecretThatDisappearsStallsAndTheHostKeepsWhatItRuns(t *testing.T) {
 	f := newFixture(t)
 	first := f.commit("1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	f.create(dbSecret(f.ns, []byte(dbPassword)))
 	f.op = startOperator(t, f.ns, fleet, nil)
 	f.create(f.config("worker-config", "worker-01", secretFile))
@@ -133,8 +134,8 @@ func TestSecretThatDisappearsStallsAndTheHostKeepsWhatItRuns(t *testing.T) {
 		t.Errorf("message %q", msg)
 	}
 	c := getConfig(t, f.ns, "worker-config")
-	if c.Status.AppliedCommit != first || len(fleet.host("worker-01").ops()) != 1 {
-		t.Errorf("applied %s with %d applies, want the first commit only", c.Status.AppliedCommit, len(fleet.host("worker-01").ops()))
+	if c.Status.AppliedCommit != first || len(fleet.Host("worker-01").Ops()) != 1 {
+		t.Errorf("applied %s with %d applies, want the first commit only", c.Status.AppliedCommit, len(fleet.Host("worker-01").Ops()))
 	}
 
 	f.create(dbSecret(f.ns, []byte(dbPassword)))

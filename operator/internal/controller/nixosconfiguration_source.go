@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/source"
 )
@@ -44,9 +45,9 @@ func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.Nix
 	src, err := r.resolveSource(ctx, obj, m)
 	if err != nil {
 		reason := ReasonSourceFailed
-		var st stalledError
+		var st *outcome.Stalling
 		if errors.As(err, &st) {
-			reason = st.reason
+			reason = st.Reason
 		}
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionSourceReady, metav1.ConditionFalse, reason, err.Error())
 		return nil, err
@@ -113,9 +114,9 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 func sourceError(err error) error {
 	switch {
 	case errors.Is(err, source.ErrAuth), errors.Is(err, source.ErrInvalidCredentials):
-		return stalledError{reason: ReasonAuthFailed, err: err}
+		return &outcome.Stalling{Reason: ReasonAuthFailed, Err: err}
 	case errors.Is(err, source.ErrNotFound), errors.Is(err, source.ErrRefNotFound), errors.Is(err, source.ErrInvalidURL):
-		return stalledError{reason: ReasonSourceNotFound, err: err}
+		return &outcome.Stalling{Reason: ReasonSourceNotFound, Err: err}
 	}
 	return err
 }
@@ -135,7 +136,7 @@ func (r *NixosConfigurationReconciler) additionalFiles(ctx context.Context, obj 
 			}
 			mode, err := render.ParseMode(f.Mode)
 			if err != nil {
-				return nil, stalled(ReasonInvalidConfig, "additional file %s: %v", f.Path, err)
+				return nil, outcome.Stalled(ReasonInvalidConfig, "additional file %s: %v", f.Path, err)
 			}
 			src.secrets = append(src.secrets, string(data))
 			src.secretFiles = append(src.secretFiles, render.Secret{Path: f.Path, Content: data, Mode: mode, Owner: f.Owner, Group: f.Group})
@@ -168,7 +169,7 @@ func (r *NixosConfigurationReconciler) secretValue(ctx context.Context, namespac
 	if ref.Key != "" {
 		v, ok := s.Data[ref.Key]
 		if !ok {
-			return nil, stalled(ReasonInvalidConfig, "Secret %s has no key %q", ref.Name, ref.Key)
+			return nil, outcome.Stalled(ReasonInvalidConfig, "Secret %s has no key %q", ref.Name, ref.Key)
 		}
 		return v, nil
 	}
@@ -178,7 +179,7 @@ func (r *NixosConfigurationReconciler) secretValue(ctx context.Context, namespac
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		return nil, stalled(ReasonInvalidConfig, "Secret %s has %d keys %v: name one with secretRef.key", ref.Name, len(keys), keys)
+		return nil, outcome.Stalled(ReasonInvalidConfig, "Secret %s has %d keys %v: name one with secretRef.key", ref.Name, len(keys), keys)
 	}
 	for _, v := range s.Data {
 		return v, nil

@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 )
 
 // TestPinnedCommitOfAPrivateRepoDoesNotLeakToAnotherNamespace: namespace A reaches
@@ -22,7 +23,7 @@ func TestPinnedCommitOfAPrivateRepoDoesNotLeakToAnotherNamespace(t *testing.T) {
 	a := newFixture(t)
 	commit := a.commit("private")
 	nsB := newNamespace(t)
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	a.op = startOperatorIn(t, []string{a.ns, nsB}, fleet, nil)
 	a.create(a.config("worker-config", "worker-01", func(c *nio.NixosConfiguration) { c.Spec.Ref = commit }))
 	a.waitApplied("worker-config", "worker-01", commit)
@@ -66,10 +67,10 @@ func TestPinnedCommitOfAPrivateRepoDoesNotLeakToAnotherNamespace(t *testing.T) {
 	if src := condition(c.Status.Conditions, nio.ConditionSourceReady); src == nil || strings.Contains(src.Message, "Rendered") {
 		t.Errorf("B's SourceReady = %+v", src)
 	}
-	if ops := fleet.host("worker-b").ops(); len(ops) != 0 {
+	if ops := fleet.Host("worker-b").Ops(); len(ops) != 0 {
 		t.Fatalf("B's host received %d applies of the private tree (%v)", len(ops), ops[0].Files)
 	}
-	if n := len(fleet.host("worker-01").ops()); n != 1 {
+	if n := len(fleet.Host("worker-01").Ops()); n != 1 {
 		t.Errorf("A's host saw %d applies, want 1", n)
 	}
 }

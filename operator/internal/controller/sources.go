@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/source"
 )
@@ -39,11 +40,11 @@ type Sources struct {
 func (s *Sources) Repo(url string, creds map[string][]byte) (*source.Repo, error) {
 	c, err := source.ParseCredentials(creds)
 	if err != nil {
-		return nil, asConfigError(err)
+		return nil, outcome.AsConfigError(err)
 	}
 	repo, err := s.Cache.Repo(url, c)
 	if err != nil {
-		return nil, asConfigError(err)
+		return nil, outcome.AsConfigError(err)
 	}
 	return repo, nil
 }
@@ -71,7 +72,7 @@ func (s *Sources) Render(ctx context.Context, repo *source.Repo, commit string, 
 		}
 		a, err := render.Render(tree, files, secretPaths)
 		if err != nil {
-			return nil, asConfigError(fmt.Errorf("render %s: %w", shortCommit(commit), err))
+			return nil, outcome.AsConfigError(fmt.Errorf("render %s: %w", shortCommit(commit), err))
 		}
 		s.store(key, a)
 		return a, nil

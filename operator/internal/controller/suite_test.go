@@ -15,6 +15,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,6 +24,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/operator/internal/testenv"
@@ -72,8 +74,8 @@ func tailOf(s string, n int) string {
 type operator struct {
 	metrics   *Metrics
 	trigger   *Trigger
-	fleet     *fakeFleet
-	installer *fakeInstaller
+	fleet     *hosttest.Fleet
+	installer *hosttest.Installer
 	cancel    context.CancelFunc
 	done      chan error
 }
@@ -82,14 +84,31 @@ type operator struct {
 func newNamespace(t *testing.T) string { return env.Namespace(t, "ctrl") }
 
 // startOperator runs the controllers until the test ends (or stop is called).
-func startOperator(t *testing.T, ns string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+func startOperator(t *testing.T, ns string, fleet *hosttest.Fleet, installer *hosttest.Installer, sourceOpts ...func(*source.Options)) *operator {
 	t.Helper()
 	return startOperatorIn(t, []string{ns}, fleet, installer, sourceOpts...)
 }
 
 // startOperatorIn is startOperator watching several namespaces (one source cache).
-func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, installer *fakeInstaller, sourceOpts ...func(*source.Options)) *operator {
+func startOperatorIn(t *testing.T, namespaces []string, fleet *hosttest.Fleet, installer *hosttest.Installer, sourceOpts ...func(*source.Options)) *operator {
 	t.Helper()
+	return startOperatorWith(t, operatorOptions{namespaces: namespaces, fleet: fleet, installer: installer, sourceOpts: sourceOpts})
+}
+
+// operatorOptions are startOperatorWith's.
+type operatorOptions struct {
+	namespaces []string
+	fleet      *hosttest.Fleet
+	installer  *hosttest.Installer // nil: one that succeeds
+	sourceOpts []func(*source.Options)
+	// wrapClient, when set, wraps the manager's client (to make API calls fail).
+	wrapClient func(client.WithWatch) client.Client
+}
+
+// startOperatorWith runs the controllers as o says until the test ends.
+func startOperatorWith(t *testing.T, o operatorOptions) *operator {
+	t.Helper()
+	namespaces, fleet, installer, sourceOpts := o.namespaces, o.fleet, o.installer, o.sourceOpts
 	// Each test's operator sees its own namespaces only: earlier tests' objects stay.
 	watched := map[string]cache.Config{}
 	for _, ns := range namespaces {
@@ -102,13 +121,23 @@ func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, instal
 		HealthProbeBindAddress: "0",
 		Controller:             config.Controller{SkipNameValidation: ptrTo(true)},
 		Client:                 ClientOptions(),
+		NewClient: func(cfg *rest.Config, opts client.Options) (client.Client, error) {
+			if o.wrapClient == nil {
+				return client.New(cfg, opts)
+			}
+			c, err := client.NewWithWatch(cfg, opts)
+			if err != nil {
+				return nil, err
+			}
+			return o.wrapClient(c), nil
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleet.c = mgr.GetClient()
+	fleet.Client = mgr.GetClient()
 	if installer == nil {
-		installer = &fakeInstaller{fleet: fleet}
+		installer = &hosttest.Installer{Fleet: fleet}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ca, err := pki.LoadOrCreateCA(ctx, env.Client, "default", "nio-ca", time.Now())

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host/hosttest"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/operator/internal/webhook"
 )
@@ -22,7 +23,7 @@ func TestVerifiedPushTriggersExactlyThatRepository(t *testing.T) {
 	other := f.srv.NewRepo(t, "other-configs")
 	first := f.commit("1")
 	otherFirst := other.CommitFiles(t, map[string]string{"flake.nix": "{ }"}, "other 1")
-	fleet := newFakeFleet()
+	fleet := hosttest.NewFleet()
 	// Refs are cached for an hour: only the push can reveal a new commit.
 	f.op = startOperator(t, f.ns, fleet, nil, func(o *source.Options) { o.MinInterval = time.Hour })
 	hourly := func(c *nio.NixosConfiguration) { c.Spec.Interval.Duration = time.Hour }

@@ -1,16 +1,13 @@
 package facts
 
 import (
-	"os"
+	"github.com/homystack/nio/testkit/facterfixture"
 	"strings"
 	"testing"
 )
 
 func TestSummarizeRealReport(t *testing.T) {
-	data, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := facterfixture.Report
 	s, err := Summarize(data)
 	if err != nil {
 		t.Fatal(err)

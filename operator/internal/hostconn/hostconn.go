@@ -1,6 +1,6 @@
 // Package hostconn opens the real ways to a Machine for the controllers: nio-agent
-// over mTLS first, OpenSSH when the agent can't be reached, behind the controllers'
-// Host interface.
+// over mTLS first, OpenSSH when the agent can't be reached, behind the
+// host.Host interface.
 package hostconn
 
 import (
@@ -14,8 +14,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
-	"github.com/homystack/nio/operator/internal/controller"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/transport"
 )
@@ -34,12 +35,12 @@ type Factory struct {
 	AgentDialTimeout time.Duration
 }
 
-var _ controller.Hosts = (*Factory)(nil)
+var _ host.Hosts = (*Factory)(nil)
 
 // Open returns the Host of Machine m. A Machine with the agent disabled has no agent
 // way; one without sshKeySecretRef has no SSH way.
-func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, error) {
-	h := &host{}
+func (f *Factory) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
+	h := &conn{}
 	if !m.Spec.Agent.Disabled {
 		port := int(m.Spec.Agent.Port)
 		if port == 0 {
@@ -57,7 +58,7 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, er
 		h.agent = a
 	}
 	if m.Spec.SSHKeySecretRef != nil {
-		key, err := controller.MachineSSHKey(ctx, f.Client, m)
+		key, err := host.SSHKey(ctx, f.Client, m)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +70,7 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, er
 		if err != nil {
 			// An unparsable key in the Secret, or a malformed pinned or recorded host
 			// key: the user's to fix, so the pass stalls instead of retrying.
-			return nil, fmt.Errorf("ssh transport for Machine %s: %w: %w", m.Name, controller.ErrConfig, err)
+			return nil, fmt.Errorf("ssh transport for Machine %s: %w: %w", m.Name, outcome.ErrConfig, err)
 		}
 		h.ssh = s
 	}
@@ -87,29 +88,29 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (controller.Host, er
 	return h, nil
 }
 
-// host is the fallback transport plus the SSH- and agent-only duties.
-type host struct {
+// conn is the fallback transport plus the SSH- and agent-only duties.
+type conn struct {
 	transport.Fallback
 	agent       *transport.Agent
 	ssh         *transport.SSH
 	agentTLSDir string
 }
 
-func (h *host) needSSH(what string) error {
+func (h *conn) needSSH(what string) error {
 	if h.ssh == nil {
 		return fmt.Errorf("%s needs SSH, and the Machine has no sshKeySecretRef", what)
 	}
 	return nil
 }
 
-func (h *host) AgentIdentityPresent(ctx context.Context) (bool, error) {
+func (h *conn) AgentIdentityPresent(ctx context.Context) (bool, error) {
 	if err := h.needSSH("checking the agent's TLS identity"); err != nil {
 		return false, err
 	}
 	return h.ssh.FileExists(ctx, path.Join(h.agentTLSDir, "tls.crt"))
 }
 
-func (h *host) InstallAgentIdentity(ctx context.Context, caPEM, certPEM, keyPEM []byte) error {
+func (h *conn) InstallAgentIdentity(ctx context.Context, caPEM, certPEM, keyPEM []byte) error {
 	if err := h.needSSH("delivering the agent's TLS identity"); err != nil {
 		return err
 	}
@@ -119,14 +120,14 @@ func (h *host) InstallAgentIdentity(ctx context.Context, caPEM, certPEM, keyPEM 
 	return h.ssh.RestartAgent(ctx)
 }
 
-func (h *host) RenewAgentCertificate(ctx context.Context, sign func([]byte) ([]byte, error)) (time.Time, error) {
+func (h *conn) RenewAgentCertificate(ctx context.Context, sign func([]byte) ([]byte, error)) (time.Time, error) {
 	if h.agent == nil {
 		return time.Time{}, fmt.Errorf("the Machine's agent is disabled")
 	}
 	return h.agent.RenewCertificate(ctx, sign)
 }
 
-func (h *host) InstallMarkerPresent(ctx context.Context) (bool, error) {
+func (h *conn) InstallMarkerPresent(ctx context.Context) (bool, error) {
 	if err := h.needSSH("checking the install marker"); err != nil {
 		return false, err
 	}
@@ -134,4 +135,4 @@ func (h *host) InstallMarkerPresent(ctx context.Context) (bool, error) {
 }
 
 // Close has nothing to release: every call dials its own connection.
-func (h *host) Close() error { return nil }
+func (h *conn) Close() error { return nil }

@@ -11,7 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
-	"github.com/homystack/nio/operator/internal/controller"
+	"github.com/homystack/nio/operator/internal/outcome"
 )
 
 // TestUnparsableSSHKeyIsAConfigurationError: a Secret whose key does not parse is
@@ -29,7 +29,7 @@ func TestUnparsableSSHKeyIsAConfigurationError(t *testing.T) {
 			SSHKeySecretRef: &nio.SSHKeySecretReference{Name: "key"}, Agent: nio.AgentSpec{Disabled: true}},
 	}
 	_, err := (&Factory{Client: c}).Open(context.Background(), m)
-	if !errors.Is(err, controller.ErrConfig) {
+	if !errors.Is(err, outcome.ErrConfig) {
 		t.Fatalf("Open = %v, want a configuration error", err)
 	}
 	if strings.Contains(err.Error(), "bm90LWEta2V5") {

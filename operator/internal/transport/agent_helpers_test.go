@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/homystack/nio/testkit/certtest"
+	"github.com/homystack/nio/testkit/facterfixture"
 	"github.com/homystack/nio/testkit/nixtest"
 )
 
@@ -100,10 +101,7 @@ func startAgent(t *testing.T, ca *certtest.CA, certName string) *agentHost {
 		t.Fatal(err)
 	}
 	facter := filepath.Join(dir, "nixos-facter")
-	report, err := filepath.Abs("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	report := facterfixture.WriteFile(t)
 	if err := os.WriteFile(facter, []byte("#!/bin/sh\nexec cat "+report+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}

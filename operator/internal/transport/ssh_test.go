@@ -17,6 +17,7 @@ import (
 	"time"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/facterfixture"
 	"github.com/homystack/nio/testkit/sshtest"
 	"golang.org/x/crypto/ssh"
 )
@@ -383,10 +384,7 @@ exec "$@"
 func TestSSHFactsReturnsTheReport(t *testing.T) {
 	t.Parallel()
 	h := startSSHHost(t, sshtest.Options{})
-	report, err := os.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	report := facterfixture.Report
 	h.WriteStandIn(t, "nixos-facter", "#!/bin/sh\nexec cat "+filepath.Join(h.Dir, "report.json")+"\n")
 	if err := os.WriteFile(filepath.Join(h.Dir, "report.json"), report, 0o644); err != nil {
 		t.Fatal(err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	_ "embed"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -20,15 +19,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/testkit/facterfixture"
 )
 
 const fleetNamespace = "fleet"
 
 // facterReport is a real nixos-facter report (a KVM VPS), served by every simulated
 // agent.
-//
-//go:embed testdata/facter-kvm-vps.json
-var facterReport []byte
+var facterReport = facterfixture.Report
 
 type fleetOptions struct {
 	machines      int

@@ -19,10 +19,11 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/homystack/nio/testkit/facterfixture"
 	"github.com/homystack/nio/testkit/nixtest"
 )
 
-//go:embed standins testdata/facter-kvm-vps.json
+//go:embed standins
 var hostFiles embed.FS
 
 // sshdPath is Debian's OpenSSH server.
@@ -244,11 +245,7 @@ func (h *Host) writeFiles() error {
 			return err
 		}
 	}
-	report, err := hostFiles.ReadFile("testdata/facter-kvm-vps.json")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(h.path("etc", "facter.json"), report, 0o644)
+	return os.WriteFile(h.path("etc", "facter.json"), facterfixture.Report, 0o644)
 }
 
 func (h *Host) writeKeys() error {
