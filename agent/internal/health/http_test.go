@@ -57,6 +57,30 @@ func TestHTTPServerErrorFailsNamingTheStatus(t *testing.T) {
 	}
 }
 
+// The attempt the deadline cuts short says only that; the report keeps what the
+// attempt before it saw.
+func TestHTTPLastAttemptCutShortKeepsThePreviousStatus(t *testing.T) {
+	var n atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1) == 1 {
+			http.Error(w, "boom", http.StatusInternalServerError)
+			return
+		}
+		<-r.Context().Done()
+	}))
+	defer srv.Close()
+	r, lines, _ := runHTTP(t, HTTPCheck{URL: srv.URL}, 400*time.Millisecond)
+	msg := r.Results[0].Message
+	if r.Passed || r.Results[0].Attempts != 2 || !strings.Contains(msg, "status 500") || !strings.Contains(msg, "attempt 2 was cut short by the deadline") {
+		t.Fatalf("report = %+v", r)
+	}
+	for _, l := range lines {
+		if strings.Contains(l, "failing (attempt 2)") {
+			t.Errorf("the cut-short attempt was logged as a failure of its own: %q", lines)
+		}
+	}
+}
+
 func TestHTTPExpectStatus(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)

@@ -89,16 +89,23 @@ func summarize(results []Result) Report {
 // retry runs ch until it passes or ctx ends.
 func (c *Checker) retry(ctx context.Context, spec Spec, ch Check, baseline FailedUnits, logf func(string, ...any)) Result {
 	r := Result{Name: ch.Name}
-	var lastLogged string
+	var lastLogged, lastWhole string
 	logged := 0
 	for {
 		r.Attempts++
 		r.Passed, r.Message = c.attempt(ctx, ch, baseline)
+		if !r.Passed && ctx.Err() != nil && lastWhole != "" {
+			// The deadline cut this attempt short ("no response before the
+			// deadline"); the attempt before it saw what is actually wrong.
+			r.Message = fmt.Sprintf("%s (attempt %d was cut short by the deadline)", lastWhole, r.Attempts)
+		}
+		lastWhole = r.Message
 		if r.Passed {
 			logf("health check %s passed (attempt %d): %s", ch.Name, r.Attempts, r.Message)
 			return r
 		}
-		if r.Message != lastLogged && logged < maxLoggedFailures {
+		// At the deadline Run's summary line says it; no line of its own.
+		if r.Message != lastLogged && logged < maxLoggedFailures && ctx.Err() == nil {
 			logged++
 			lastLogged = r.Message
 			logf("health check %s failing (attempt %d): %s", ch.Name, r.Attempts, r.Message)
