@@ -80,7 +80,9 @@ type HTTPCheck struct {
 	AllowRemote bool
 }
 
-// CommandCheck runs a command that must exit 0 within Timeout.
+// CommandCheck runs a command that must exit 0 within Timeout. The last lines of its
+// output go into the check's message, and so into the operation's log and the
+// operator's events: a command must not print secrets.
 type CommandCheck struct {
 	// Argv is the command; Argv[0] an absolute path (no shell, no PATH lookup).
 	Argv []string

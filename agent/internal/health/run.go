@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // maxLoggedFailures bounds the failure lines logged per check: a failure whose
 // message changes at every attempt (a command printing the time) must not flood the
 // operation's log for the whole deadline.
 const maxLoggedFailures = 10
+
+// maxMessage bounds an attempt's message (a line of output can be long): it ends up
+// in the operation's result and the operator's events.
+const maxMessage = 1024
 
 // Run runs every check of spec until each has passed once or spec.Timeout (from
 // now) ends, retrying a failed check every spec.Interval; checks run concurrently.
@@ -94,6 +99,7 @@ func (c *Checker) retry(ctx context.Context, spec Spec, ch Check, baseline Faile
 	for {
 		r.Attempts++
 		r.Passed, r.Message = c.attempt(ctx, ch, baseline)
+		r.Message = truncate(r.Message, maxMessage)
 		if !r.Passed && ctx.Err() != nil && lastWhole != "" {
 			// The deadline cut this attempt short ("no response before the
 			// deadline"); the attempt before it saw what is actually wrong.
@@ -139,4 +145,16 @@ func (c *Checker) attempt(ctx context.Context, ch Check, baseline FailedUnits) (
 		return c.checkCommand(ctx, ch.Command)
 	}
 	return false, "no check kind set" // refused by specErrors
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestRunReportsEveryCheckInOrderAndTheFirstFailure(t *testing.T) {
@@ -88,7 +89,7 @@ func TestRunRefusesAnInvalidSpecWithoutRunningIt(t *testing.T) {
 // A failure whose message changes at every attempt must not log a line per attempt
 // for the whole deadline.
 func TestRunLogIsBoundedWhenTheFailureKeepsChanging(t *testing.T) {
-	spec := Spec{Timeout: 2 * time.Second, Interval: MinInterval,
+	spec := Spec{Timeout: 3 * time.Second, Interval: MinInterval,
 		Checks: []Check{cmdCheck("noisy", time.Second, "/bin/sh", "-c", `echo "attempt by $$"; exit 1`)}}
 	var lines []string
 	r := Run(context.Background(), spec, nil, func(l string) { lines = append(lines, l) })
@@ -119,5 +120,14 @@ func TestRunStopsWhenItsContextIsCancelled(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not stop when its context was cancelled")
+	}
+}
+
+func TestRunBoundsTheMessage(t *testing.T) {
+	spec := Spec{Timeout: time.Second, Checks: []Check{cmdCheck("long", time.Second, "/bin/sh", "-c", `i=0; while [ $i -lt 3000 ]; do printf 'é'; i=$((i+1)); done; exit 1`)}}
+	r := Run(context.Background(), spec, nil, nil)
+	msg := r.Results[0].Message
+	if r.Passed || len(msg) > maxMessage+200 || !utf8.ValidString(msg) || !strings.Contains(msg, "…") {
+		t.Fatalf("message of %d bytes: %q", len(msg), msg)
 	}
 }

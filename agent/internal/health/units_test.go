@@ -74,7 +74,7 @@ func TestUnitsInactiveOrMissingFail(t *testing.T) {
 		"app.service":   "loaded failed failed exit-code\n",
 		"db.service":    "loaded inactive dead success\n",
 	}, "")
-	r := runUnits(t, c, unitsSpec(300*time.Millisecond, UnitsCheck{Units: []string{"nginx.service", "app.service", "db.service", "ghost.service"}}), nil)
+	r := runUnits(t, c, unitsSpec(time.Second, UnitsCheck{Units: []string{"nginx.service", "app.service", "db.service", "ghost.service"}}), nil)
 	msg := r.Results[0].Message
 	if r.Passed || r.Results[0].Attempts < 2 {
 		t.Fatalf("report = %+v", r)
