@@ -146,6 +146,7 @@ func Start(t testing.TB, o Options) *Server {
 		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 			t.Fatalf("sshtest: %v", err)
 		}
+		s.maskShellStartup(t)
 		if o.User != "root" {
 			s.addUser(t, o.User)
 		}
@@ -417,6 +418,24 @@ func (s *Server) addUser(t testing.TB, name string) {
 		t.Fatalf("sshtest: %v", err)
 	}
 	s.launcher = append(s.launcher, "unshare", "--mount", "--propagation", "private", launch, copyPath)
+}
+
+// shellStartupFiles are what a login user's shell may read for an ssh command (Debian's
+// bash reads ~/.bashrc when sshd runs it). The machine's own — a pyenv hook, say, that
+// takes a lock and prints when the lock is stale — are not the test host's.
+var shellStartupFiles = []string{"/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login"}
+
+// maskShellStartup starts sshd in a private mount namespace where root's shell
+// startup files are empty, so sessions run the same whatever the machine's are.
+func (s *Server) maskShellStartup(t testing.TB) {
+	t.Helper()
+	launch := filepath.Join(s.root, "mask-shell-startup.sh")
+	script := "#!/bin/sh\nset -e\nfor f in \"$@\"; do\n\t[ \"$f\" = -- ] && break\n\tif [ -e \"$f\" ]; then mount --bind /dev/null \"$f\"; fi\ndone\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n"
+	if err := os.WriteFile(launch, []byte(script), 0o755); err != nil {
+		t.Fatalf("sshtest: %v", err)
+	}
+	s.launcher = append(s.launcher, "unshare", "--mount", "--propagation", "private", launch)
+	s.launcher = append(append(s.launcher, shellStartupFiles...), "--")
 }
 
 func newKey(t testing.TB) ([]byte, ssh.Signer) {
