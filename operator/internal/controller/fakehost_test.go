@@ -101,6 +101,8 @@ type fakeHost struct {
 	identityErr  error // AgentIdentityPresent fails with it (e.g. sudo refused)
 	// block, when set, holds Apply until closed (a long build).
 	block chan struct{}
+	// timeouts are the ApplyRequest.Timeout of every Apply, in order.
+	timeouts []time.Duration
 }
 
 func (h *fakeHost) set(f func(h *fakeHost)) {
@@ -118,6 +120,7 @@ func (h *fakeHost) ops() []appliedOp {
 func (h *fakeHost) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
 	h.mu.Lock()
 	up, agent, block := h.agentUp || h.sshUp, h.agentUp, h.block
+	h.timeouts = append(h.timeouts, req.Timeout)
 	h.mu.Unlock()
 	if !up {
 		return transport.ApplyResult{}, fmt.Errorf("dial %s: %w", h.name, transport.ErrUnreachable)

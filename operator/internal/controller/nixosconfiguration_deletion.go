@@ -94,7 +94,7 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 	}
 	defer unlock()
 
-	op := operation{label: "remove", action: string(nio.ActionSwitch), target: target}
+	op := operation{label: "remove", action: string(nio.ActionSwitch), target: target, timeout: operationTimeout(obj)}
 	res, started, err := r.run(ctx, sw, obj, m, src, op)
 	if err != nil {
 		return r.removalFailed(obj, m, err)
@@ -109,6 +109,9 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 		entry.Result = nio.ResultFailed
 		pushHistory(&obj.Status, entry)
 		r.event(obj, corev1.EventTypeWarning, ReasonRemovalFailed, "Remove", eventNote("onRemoveFlake failed: "+res.Message, res.LogTail))
+		if res.TimedOut {
+			return r.removalFailed(obj, m, fmt.Errorf("%s: %w", res.Outcome, timedOutError(res.Message)))
+		}
 		return r.removalFailed(obj, m, fmt.Errorf("%s: %s", res.Outcome, res.Message))
 	}
 	entry.Result = nio.ResultSucceeded
@@ -123,12 +126,22 @@ func (r *NixosConfigurationReconciler) removalFailed(obj *nio.NixosConfiguration
 	msg := fmt.Sprintf("Cannot apply onRemoveFlake %s to Machine %s: %v; the configuration is kept until it succeeds, or set the annotation %s to let it go",
 		obj.Spec.OnRemoveFlake, m.Name, err, nio.SkipRemovalAnnotation)
 	reason := ReasonRemovalFailed
-	if errors.Is(err, transport.ErrUnreachable) {
+	switch {
+	case errors.Is(err, transport.ErrUnreachable):
 		reason = ReasonHostUnreachable
+	case errors.Is(err, transport.ErrTimeout):
+		reason = ReasonTimeout
 	}
 	markFailed(&obj.Status.Conditions, obj.Generation, reason, msg)
 	return reconcile.Result{RequeueAfter: r.retryBase()}, nil
 }
+
+// timedOutError is a host's "timed out" message as an error wrapping
+// transport.ErrTimeout (the message already says it timed out).
+type timedOutError string
+
+func (e timedOutError) Error() string { return string(e) }
+func (e timedOutError) Unwrap() error { return transport.ErrTimeout }
 
 func (r *NixosConfigurationReconciler) retryBase() time.Duration {
 	if r.RetryBase > 0 {

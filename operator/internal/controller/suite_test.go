@@ -132,6 +132,7 @@ func startOperatorIn(t *testing.T, namespaces []string, fleet *fakeFleet, instal
 	cr := &NixosConfigurationReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Sources: sources, Trigger: trigger, Hosts: fleet, Locks: locks,
 		Installer: installer, PKI: issuer, Metrics: metrics, RetryBase: 2 * time.Second,
+		OperationWaitMargin: 500 * time.Millisecond,
 	}
 	if err := cr.SetupWithManager(ctx, mgr, 4); err != nil {
 		t.Fatal(err)
