@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-3JmhTcjMXoEEu13bg5kwxjjNuhLWOaMwZ2pPxrpSe/w=";
-  operator = "sha256-ggFThoWq9PByOUUWJ/K6lXIoLbzhTmCboeWqCgvJMdc=";
+  agent = "sha256-Jax95GOHOLr0juIfM0Qip+rgd5sZTswk+ruxDoB6VKI=";
+  operator = "sha256-5KDnJNc932w9rPTASPxWq6P5VuaRFWZc9m6vLWkc9j4=";
 }
