@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-PUzPobaNtLdO+Ll4N6+Hp54TPSoeVITipkJ1NO4At44=";
-  operator = "sha256-yy7COt5mU/6RbT4V5FOe+FHjiYFrB8EAJX8hBV+qhms=";
+  agent = "sha256-A8JF2wSFTW9XHur2eCySN9pCwObe8qGCJ5D82DxvPzg=";
+  operator = "sha256-0JJeGNKPV9nd9gRZXd8zUcoIcuNHENd6Ew0eCqweP9M=";
 }

@@ -117,6 +117,23 @@ type NixosConfigurationSpec struct {
 	// +optional
 	Rollback RollbackSpec `json:"rollback,omitempty"`
 
+	// Timeout bounds one operation on the host: build, setting the system profile
+	// and starting the activation (default 1h, at most 24h). The agent kills the
+	// build's processes when it runs out and ends the operation Failed, the previous
+	// system still active; an activation that has begun is never interrupted (a
+	// half-activated system is worse than a late one) and is waited for. The
+	// operator waits at most timeout + rollback.confirmTimeout + a few minutes for
+	// transfer and reconnects, then records the operation Failed with reason
+	// Timeout, frees the Machine and retries with backoff. Over SSH the operator's
+	// wait is the only bound: it closes the session. The install (fullInstall) is
+	// bounded by the operator's --install-timeout instead.
+	// +kubebuilder:default="1h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s') && duration(self) <= duration('24h')",message="timeout must be positive and at most 24h"
+	// +optional
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
 	// KexecImage is a URL of a kexec tarball passed to nixos-anywhere --kexec (only
 	// with fullInstall).
 	// +kubebuilder:validation:MaxLength=2048

@@ -21,12 +21,16 @@ import (
 const maxLine = 1 << 20
 
 // run executes argv with the agent's environment, streaming stdout and stderr line by
-// line. Cancelling ctx kills the whole process group (nix forks builders).
+// line. Cancelling ctx stops the command and every process it started, in whatever
+// process group or session (see procTree: nix runs its builders in sessions of their
+// own): SIGTERM, then SIGKILL after killGrace.
 func run(ctx context.Context, argv []string, log LineFunc) error {
 	log(Agent, "$ "+strings.Join(argv, " "))
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	tree := newProcTree()
+	defer tree.finish()
+	cmd.Cancel = func() error { tree.terminate(cmd.Process.Pid, killGrace); return nil }
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err

@@ -292,12 +292,26 @@ func (s *Server) activation(op *operation, unit string) nixos.Activation {
 // dropped connection neither stops a build nor skips a rollback. Each step that
 // changes the host is journaled first (journal.go), so an agent killed anywhere
 // finishes the operation consistently after its restart (recover.go).
+//
+// The operation's deadline (operation_timeout) bounds what can be stopped safely:
+// the build is cancelled when it runs out (nixos.run kills its whole process tree),
+// setting the profile too (then undone), and no activation starts after it. An
+// activation that has started is never interrupted nor abandoned — a
+// half-activated system is worse than a late one, and abandoning it would let the
+// next operation activate beside it — so it runs under ctx, which has no deadline;
+// switch-to-configuration is bounded by systemd's own job timeouts. Rollbacks, too,
+// always run to their end.
 func (s *Server) execute(op *operation, archivePath string) {
 	ctx := context.Background()
+	bctx, cancel := ctx, context.CancelFunc(func() {})
+	if !op.deadline.IsZero() {
+		bctx, cancel = context.WithDeadline(ctx, op.deadline)
+	}
+	defer cancel()
 	h := op.header
 	defer s.recoverPanic(op)
 	s.writeRecord(op.snapshot())
-	op.jr = newJournal(h, op.snapshot().GetStartedTime().AsTime())
+	op.jr = newJournal(h, op.snapshot().GetStartedTime().AsTime(), op.deadline)
 	if err := s.step(op, stepBuilding); err != nil {
 		s.fail(op, err.Error())
 		return
@@ -351,7 +365,11 @@ func (s *Server) execute(op *operation, archivePath string) {
 		target = nixos.Target{ModuleFile: filepath.Join(src, filepath.FromSlash(rel))}
 	}
 	op.phase(agentv1.Phase_PHASE_BUILDING, "")
-	out, err := x.Build(ctx, target, filepath.Join(dir, "result"), op.logLine)
+	out, err := x.Build(bctx, target, filepath.Join(dir, "result"), op.logLine)
+	if err != nil && bctx.Err() != nil {
+		s.timedOut(ctx, op, "while building")
+		return
+	}
 	if err != nil {
 		s.fail(op, fmt.Sprintf("build failed: %v", err))
 		return
@@ -363,18 +381,30 @@ func (s *Server) execute(op *operation, archivePath string) {
 	// changes, or the step does not run.
 	action := h.GetAction()
 	if action == agentv1.Action_ACTION_SWITCH || action == agentv1.Action_ACTION_BOOT {
+		if bctx.Err() != nil {
+			s.timedOut(ctx, op, "after the build, before setting the system profile")
+			return
+		}
 		op.phase(agentv1.Phase_PHASE_SETTING_PROFILE, out)
 		if err := s.step(op, stepSettingProfile); err != nil {
 			s.fail(op, err.Error())
 			return
 		}
-		if err := x.SetProfile(ctx, out, op.logLine); err != nil {
+		if err := x.SetProfile(bctx, out, op.logLine); err != nil {
+			if bctx.Err() != nil {
+				s.timedOut(ctx, op, "while setting the system profile")
+				return
+			}
 			s.fail(op, fmt.Sprintf("set system profile: %v", err))
 			return
 		}
 		s.crashPoint("profile-set")
 	}
 	if action != agentv1.Action_ACTION_BUILD {
+		if bctx.Err() != nil {
+			s.timedOut(ctx, op, "before the activation")
+			return
+		}
 		act := s.newActivation(op)
 		op.jr.Unit = act.Unit
 		op.phase(agentv1.Phase_PHASE_ACTIVATING, actionWord(action))
@@ -417,6 +447,29 @@ func (s *Server) afterActivation(ctx context.Context, op *operation) bool {
 		return false
 	}
 	return true
+}
+
+// timedOut ends an operation whose deadline ran out before anything was activated:
+// the profile goes back if it moved, and the result is FAILED with timed_out.
+func (s *Server) timedOut(ctx context.Context, op *operation, during string) {
+	if op.jr.Step == stepSettingProfile {
+		s.undoProfile(ctx, op) // nix-env --set may have moved it before it was stopped
+	}
+	msg := fmt.Sprintf("timed out after %s (operation_timeout) %s; nothing was activated, the previous system is still active",
+		op.header.GetOperationTimeout().AsDuration(), during)
+	s.log.Warn("operation timed out", "operation", op.id, "deadline", op.deadline.UTC().Format(time.RFC3339), "during", during)
+	x := s.cfg.Executor
+	gen, err := x.Generation()
+	if err != nil {
+		op.agentLine("read generation: " + err.Error())
+	}
+	current, err := x.CurrentSystem()
+	if err != nil {
+		op.agentLine("read current system: " + err.Error())
+	}
+	s.finishOp(op, &agentv1.ApplyResult{Outcome: agentv1.Outcome_OUTCOME_FAILED, Message: msg, Generation: gen,
+		StorePath: op.jr.StorePath, CurrentSystem: current, TimedOut: true})
+	s.log.Info("operation done", "operation", op.id, "outcome", agentv1.Outcome_OUTCOME_FAILED.String(), "timed_out", true, "generation", gen, "current_system", current)
 }
 
 func (s *Server) recoverPanic(op *operation) {
@@ -566,7 +619,7 @@ func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg string, 
 func (s *Server) finishOp(op *operation, r *agentv1.ApplyResult) {
 	j := op.jr
 	if j == nil { // failed before its first step (receiving the source)
-		j = newJournal(op.header, op.snapshot().GetStartedTime().AsTime())
+		j = newJournal(op.header, op.snapshot().GetStartedTime().AsTime(), op.deadline)
 		op.jr = j
 	}
 	j.Step = stepFinished

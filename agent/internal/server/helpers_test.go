@@ -39,6 +39,9 @@ type fakeExecutor struct {
 	building  chan struct{} // closed when the first Build starts, if set
 	buildOnce sync.Once
 	failBuild bool
+	// buildIgnoresCancel makes a gated Build finish only when the gate opens, even
+	// after its context ended (a build that ends late).
+	buildIgnoresCancel bool
 	// units are the activations, by unit name, like systemd's transient units:
 	// they outlive the agent that started them.
 	units map[string]*fakeUnit
@@ -74,7 +77,14 @@ func (f *fakeExecutor) Build(ctx context.Context, t nixos.Target, outLink string
 		f.buildOnce.Do(func() { close(f.building) })
 	}
 	if f.buildGate != nil {
-		<-f.buildGate
+		select {
+		case <-f.buildGate:
+		case <-ctx.Done():
+			if !f.buildIgnoresCancel {
+				return "", fmt.Errorf("nix build: %w", ctx.Err())
+			}
+			<-f.buildGate
+		}
 	}
 	if f.failBuild {
 		log(nixos.Stderr, "fake: error: build failed")

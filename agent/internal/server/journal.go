@@ -57,6 +57,9 @@ type journal struct {
 	// as a Go duration ("" without one). Both repeat the header, for people.
 	Action         string `json:"action"`
 	ConfirmTimeout string `json:"confirm_timeout,omitempty"`
+	// Deadline is when the operation's operation_timeout runs out, absolute, so a
+	// restart neither extends nor restarts it.
+	Deadline *time.Time `json:"deadline,omitempty"`
 
 	// From setting-profile on: what to return to, and what was built.
 	PreviousGeneration int64  `json:"previous_generation"`
@@ -86,7 +89,7 @@ type rollback struct {
 
 func (s *Server) journalPath() string { return filepath.Join(s.cfg.StateDir, "journal.json") }
 
-func newJournal(h *agentv1.ApplyHeader, started time.Time) *journal {
+func newJournal(h *agentv1.ApplyHeader, started, deadline time.Time) *journal {
 	hdr, _ := protojson.Marshal(h) // a valid message always marshals
 	j := &journal{
 		Version: journalVersion, OperationID: h.GetOperationId(), Header: hdr, Step: stepBuilding,
@@ -94,6 +97,10 @@ func newJournal(h *agentv1.ApplyHeader, started time.Time) *journal {
 	}
 	if d := h.GetConfirmTimeout().AsDuration(); d > 0 {
 		j.ConfirmTimeout = d.String()
+	}
+	if !deadline.IsZero() {
+		d := deadline.UTC()
+		j.Deadline = &d
 	}
 	return j
 }

@@ -25,6 +25,10 @@ type operation struct {
 	// secrets are the operation's SecretFiles, from the Apply stream until
 	// execute writes them to the secrets directory (secrets.go); never journaled.
 	secrets []*agentv1.SecretFile
+	// deadline bounds the build, the profile and the start of the activation
+	// (header.operation_timeout from when the header arrived; kept in the journal
+	// across restarts). Zero: none.
+	deadline time.Time
 
 	mu      sync.Mutex
 	events  []*agentv1.ApplyResponse // events[i].Sequence == base+i+1
@@ -39,9 +43,14 @@ type operation struct {
 }
 
 func newOperation(h *agentv1.ApplyHeader, now time.Time) *operation {
+	var deadline time.Time
+	if d := h.GetOperationTimeout().AsDuration(); h.GetOperationTimeout() != nil && d > 0 {
+		deadline = now.Add(d)
+	}
 	return &operation{
 		id:        h.GetOperationId(),
 		header:    h,
+		deadline:  deadline,
 		changed:   make(chan struct{}),
 		confirmCh: make(chan struct{}),
 		doneCh:    make(chan struct{}),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -56,6 +57,10 @@ func (s *Server) recoverJournal() {
 	op := newOperation(h, j.StartedTime)
 	op.base = uint64(j.Incarnation) << 32
 	op.jr = j
+	op.deadline = time.Time{}
+	if j.Deadline != nil {
+		op.deadline = *j.Deadline // the original one: a restart does not extend it
+	}
 	s.ops[op.id] = op
 	s.order = append(s.order, op.id)
 	if err := s.writeJournal(j); err != nil {

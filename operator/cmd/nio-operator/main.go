@@ -45,6 +45,7 @@ type options struct {
 	probeInterval            time.Duration
 	factsInterval            time.Duration
 	retryBase                time.Duration
+	operationWaitMargin      time.Duration
 	sourceCacheDir           string
 	sourceMinInterval        time.Duration
 	caSecret                 string
@@ -67,6 +68,7 @@ func main() {
 	flag.DurationVar(&o.probeInterval, "probe-interval", time.Minute, "How often each Machine is probed.")
 	flag.DurationVar(&o.factsInterval, "facts-interval", 24*time.Hour, "How often nixos-facter facts are collected without a request.")
 	flag.DurationVar(&o.retryBase, "retry-base", 30*time.Second, "First delay before retrying a failed apply of unchanged inputs (doubles up to the interval, at least 10m).")
+	flag.DurationVar(&o.operationWaitMargin, "operation-wait-margin", transport.DefaultWaitMargin, "How long the operator waits for an operation beyond its spec.timeout and confirm window (source transfer, reconnects) before recording it Failed with reason Timeout.")
 	flag.StringVar(&o.sourceCacheDir, "source-cache-dir", "", "Directory for fetched Git objects (empty: memory).")
 	flag.DurationVar(&o.sourceMinInterval, "source-min-interval", 10*time.Second, "Shortest time between two ls-remotes of one repository (a push webhook bypasses it).")
 	flag.StringVar(&o.caSecret, "ca-secret", "nio-ca", "Name of the CA Secret in --namespace (created on first start).")
@@ -168,7 +170,7 @@ func run(ctx context.Context, o options) error {
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Sources: srcs, Trigger: trigger,
 		Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,
 		Installer:       &install.Runner{Binary: o.nixosAnywhere, Timeout: o.installTimeout},
-		DefaultInterval: o.defaultInterval, RetryBase: o.retryBase,
+		DefaultInterval: o.defaultInterval, RetryBase: o.retryBase, OperationWaitMargin: o.operationWaitMargin,
 	}
 	if err := configs.SetupWithManager(ctx, mgr, o.concurrency); err != nil {
 		return fmt.Errorf("NixosConfiguration controller: %w", err)

@@ -42,6 +42,9 @@ const (
 	ReasonSecretPathConflict = "SecretPathConflict"
 	// The secretRef files exceed render.MaxSecretBytes or render.MaxSecretsBytes.
 	ReasonSecretTooLarge = "SecretTooLarge"
+	// ReasonTimeout: an operation (apply, removal, install) did not end in time; it
+	// is recorded Failed and retried with backoff.
+	ReasonTimeout = "Timeout"
 )
 
 // Event reasons of the Machine controller's agent identity duties.

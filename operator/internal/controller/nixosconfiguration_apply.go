@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/render"
 	"github.com/homystack/nio/operator/internal/transport"
@@ -26,6 +27,9 @@ const (
 	historyLimit = 10
 	// maxRetryBackoff is the least the retry backoff of a failing input may grow to.
 	maxRetryBackoff = 10 * time.Minute
+	// defaultTimeout applies when spec.timeout is empty (objects created before the
+	// field existed; the API server defaults it).
+	defaultTimeout = time.Hour
 	// logTailLines is how many output lines a failure event carries.
 	logTailLines = 12
 	// eventNoteLimit is the API server's limit on an event's note.
@@ -152,6 +156,23 @@ type operation struct {
 	action  string
 	target  transport.Target
 	confirm time.Duration
+	// timeout bounds the operation on the host (spec.timeout).
+	timeout time.Duration
+}
+
+// operationTimeout is spec.timeout, or its default.
+func operationTimeout(obj *nio.NixosConfiguration) time.Duration {
+	if t := obj.Spec.Timeout; t != nil && t.Duration > 0 {
+		return t.Duration
+	}
+	return defaultTimeout
+}
+
+// waitBackstop is how much longer than the transport's own bound the controller
+// waits for Host.Apply to return: the transport gives up first with a precise error;
+// this only frees the worker and the Machine's lock from a Host that does not.
+func waitBackstop(bound time.Duration) time.Duration {
+	return bound + min(bound/10, time.Minute)
 }
 
 // apply runs the configuration's action on the Machine and records the outcome.
@@ -164,7 +185,7 @@ func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWrit
 	if action == "" {
 		action = string(nio.ActionSwitch)
 	}
-	op := operation{label: action, action: action, target: target}
+	op := operation{label: action, action: action, target: target, timeout: operationTimeout(obj)}
 	if rb := obj.Spec.Rollback; (rb.Enabled == nil || *rb.Enabled) && (action == string(nio.ActionSwitch) || action == string(nio.ActionTest)) {
 		op.confirm = rb.ConfirmTimeout.Duration
 		if op.confirm <= 0 {
@@ -220,6 +241,8 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 		},
 		Secrets:        secrets,
 		ConfirmTimeout: op.confirm,
+		Timeout:        op.timeout,
+		WaitMargin:     r.OperationWaitMargin,
 		OnAwaitingConfirm: func(ctx context.Context, id string) error {
 			logger.Info("confirming over a new connection")
 			return host.Confirm(ctx, id)
@@ -236,7 +259,20 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 		},
 	}
 	started := cur.StartTime.Time
-	res, err := host.Apply(ctx, req)
+	res, err := r.applyBounded(ctx, host, req)
+	if errors.Is(err, transport.ErrTimeout) {
+		// The operation is over for the operator: recorded Failed (reason Timeout),
+		// the lock released, the next pass backs off like after any failure. The
+		// agent ends it at its own deadline; if it still runs (an activation is
+		// never cut), the next operation finds the agent busy and waits.
+		logger.Info("operation timed out", "timeout", op.timeout, "err", err.Error())
+		res = transport.ApplyResult{Transport: res.Transport, Outcome: transport.OutcomeFailed, TimedOut: true,
+			Message: fmt.Sprintf("timed out after %s (spec.timeout %s): %v", r.now().Sub(started).Round(time.Second), op.timeout, err)}
+		if res.Transport == "" {
+			res.Transport = nio.TransportAgent
+		}
+		err = nil
+	}
 	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) {
 		// The operation ended, or never started: the next pass starts a new one. Other
 		// errors (a stream lost for good) keep it, so the next pass attaches.
@@ -256,6 +292,24 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	}
 	res.Message = redact(res.Message, src.secrets)
 	return res, started, nil
+}
+
+// applyBounded is h.Apply under a backstop deadline (waitBackstop); running into it
+// is an error wrapping transport.ErrTimeout, like the transport's own.
+func (r *NixosConfigurationReconciler) applyBounded(ctx context.Context, h host.Host, req transport.ApplyRequest) (transport.ApplyResult, error) {
+	bound := req.WaitBound()
+	if bound <= 0 {
+		return h.Apply(ctx, req)
+	}
+	backstop := waitBackstop(bound)
+	cause := fmt.Errorf("%w: the host did not answer within %s", transport.ErrTimeout, backstop)
+	actx, cancel := context.WithTimeoutCause(ctx, backstop, cause)
+	defer cancel()
+	res, err := h.Apply(actx, req)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, transport.ErrTimeout) && errors.Is(context.Cause(actx), transport.ErrTimeout) {
+		err = fmt.Errorf("%w (%v)", cause, err)
+	}
+	return res, err
 }
 
 // applyError classifies an apply that did not reach an outcome.
@@ -294,8 +348,11 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, obj *nio.Nixo
 	if res.Outcome != transport.OutcomeSucceeded {
 		entry.Result = nio.ResultFailed
 		reason := ReasonApplyFailed
-		if res.Outcome == transport.OutcomeRolledBack {
+		switch {
+		case res.Outcome == transport.OutcomeRolledBack:
 			entry.Result, reason = nio.ResultRolledBack, ReasonRolledBack
+		case res.TimedOut:
+			reason = ReasonTimeout
 		}
 		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Applying revision %s to Machine %s failed (%s via %s): %s", rev, m.Name, entry.Result, res.Transport, res.Message)

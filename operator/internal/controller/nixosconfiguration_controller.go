@@ -46,6 +46,10 @@ type NixosConfigurationReconciler struct {
 	// per consecutive failure, up to the configuration's interval or 10 minutes,
 	// whichever is longer.
 	RetryBase time.Duration
+	// OperationWaitMargin is what the operator waits for an operation beyond its
+	// spec.timeout and confirm window, for the transfer and reconnects (default
+	// transport.DefaultWaitMargin).
+	OperationWaitMargin time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
 }

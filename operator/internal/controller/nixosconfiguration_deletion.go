@@ -102,7 +102,7 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 	}
 	defer unlock()
 
-	op := operation{label: "remove", action: string(nio.ActionSwitch), target: target}
+	op := operation{label: "remove", action: string(nio.ActionSwitch), target: target, timeout: operationTimeout(obj)}
 	res, started, err := r.run(ctx, sw, obj, m, src, op)
 	if err != nil {
 		return r.removalFailed(obj, m, err, "")
@@ -116,7 +116,11 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 	if res.Outcome != transport.OutcomeSucceeded {
 		entry.Result = nio.ResultFailed
 		pushHistory(&obj.Status, entry)
-		return r.removalFailed(obj, m, fmt.Errorf("%s: %s", res.Outcome, res.Message), eventNote("onRemoveFlake failed: "+res.Message, res.LogTail))
+		note := eventNote("onRemoveFlake failed: "+res.Message, res.LogTail)
+		if res.TimedOut {
+			return r.removalFailed(obj, m, fmt.Errorf("%s: %w", res.Outcome, timedOutError(res.Message)), note)
+		}
+		return r.removalFailed(obj, m, fmt.Errorf("%s: %s", res.Outcome, res.Message), note)
 	}
 	entry.Result = nio.ResultSucceeded
 	pushHistory(&obj.Status, entry)
@@ -131,8 +135,11 @@ func (r *NixosConfigurationReconciler) removalFailed(obj *nio.NixosConfiguration
 	msg := fmt.Sprintf("Cannot apply onRemoveFlake %s to Machine %s: %v; the configuration is kept until it succeeds, or set the annotation %s to let it go",
 		obj.Spec.OnRemoveFlake, m.Name, err, nio.SkipRemovalAnnotation)
 	reason := ReasonRemovalFailed
-	if errors.Is(err, transport.ErrUnreachable) {
+	switch {
+	case errors.Is(err, transport.ErrUnreachable):
 		reason = ReasonHostUnreachable
+	case errors.Is(err, transport.ErrTimeout):
+		reason = ReasonTimeout
 	}
 	g := &outcome.Generic{Reason: reason, Err: errors.New(msg), RequeueAfter: r.retryBase()}
 	if note != "" {
@@ -140,6 +147,13 @@ func (r *NixosConfigurationReconciler) removalFailed(obj *nio.NixosConfiguration
 	}
 	return g
 }
+
+// timedOutError is a host's "timed out" message as an error wrapping
+// transport.ErrTimeout (the message already says it timed out).
+type timedOutError string
+
+func (e timedOutError) Error() string { return string(e) }
+func (e timedOutError) Unwrap() error { return transport.ErrTimeout }
 
 func (r *NixosConfigurationReconciler) retryBase() time.Duration {
 	if r.RetryBase > 0 {

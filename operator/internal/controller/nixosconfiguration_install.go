@@ -47,7 +47,7 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 	if !wantReinstall {
 		if next, ok := r.nextInstallAttempt(obj, src); ok && next.After(r.now()) {
 			msg := fmt.Sprintf("%s; next attempt after %s", installFailedMessage(obj), next.UTC().Format(time.RFC3339))
-			return false, outcome.Success{}, outcome.Retry(next.Sub(r.now()), ReasonInstallFailed, msg)
+			return false, outcome.Success{}, outcome.Retry(next.Sub(r.now()), installFailedReason(obj), msg)
 		}
 	}
 	unlock, holder, ok := r.Locks.TryLock(types.NamespacedName{Namespace: m.Namespace, Name: m.Name}, "install of "+obj.Name)
@@ -102,7 +102,9 @@ func (r *NixosConfigurationReconciler) nextInstallAttempt(obj *nio.NixosConfigur
 		failures++
 	}
 	installed := meta.FindStatusCondition(st.Conditions, nio.ConditionInstalled)
-	if failures == 0 || installed == nil || installed.Reason != ReasonInstallFailed || installed.ObservedGeneration != obj.Generation {
+	// A timed-out install backs off like any failed one: it may have kexec'd and
+	// wiped, and must not be re-run at once.
+	if failures == 0 || installed == nil || (installed.Reason != ReasonInstallFailed && installed.Reason != ReasonTimeout) || installed.ObservedGeneration != obj.Generation {
 		return time.Time{}, false
 	}
 	// Status times are stored to the second, truncated: a second more keeps the
@@ -113,6 +115,15 @@ func (r *NixosConfigurationReconciler) nextInstallAttempt(obj *nio.NixosConfigur
 		end = end.Add(last.Duration.Duration)
 	}
 	return end.Add(backoff(failures, r.retryBase(), max(r.interval(obj), maxInstallBackoff))), true
+}
+
+// installFailedReason is the reason of the last failed install: Timeout when
+// nixos-anywhere ran out of --install-timeout, else InstallFailed.
+func installFailedReason(obj *nio.NixosConfiguration) string {
+	if c := meta.FindStatusCondition(obj.Status.Conditions, nio.ConditionInstalled); c != nil && c.Reason == ReasonTimeout {
+		return ReasonTimeout
+	}
+	return ReasonInstallFailed
 }
 
 // installFailedMessage is the Installed condition's message (why it failed).
@@ -206,10 +217,14 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 		entry.Result, entry.Message = nio.ResultFailed, truncate(redact(runErr.Error(), src.secrets), 512)
 		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Installing revision %s on Machine %s failed: %s", revision(obj.Spec.Ref, src.commit), m.Name, entry.Message)
-		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstallFailed, msg)
+		reason := ReasonInstallFailed
+		if errors.Is(runErr, install.ErrTimeout) {
+			reason = ReasonTimeout
+		}
+		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, reason, msg)
 		r.Metrics.observeApply(obj, transport.ApplyResult{Transport: nio.TransportInstall, Outcome: transport.OutcomeFailed}, r.now().Sub(started))
 		next, _ := r.nextInstallAttempt(obj, src)
-		return false, outcome.Success{}, &outcome.Generic{Reason: ReasonInstallFailed, Err: errors.New(msg),
+		return false, outcome.Success{}, &outcome.Generic{Reason: reason, Err: errors.New(msg),
 			RequeueAfter: max(next.Sub(r.now()), r.retryBase()), Action: "Install", Note: eventNote(msg, res.LogTail)}
 	}
 

@@ -161,6 +161,7 @@ func startOperatorWith(t *testing.T, o operatorOptions) *operator {
 	cr := &NixosConfigurationReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Sources: sources, Trigger: trigger, Hosts: fleet, Locks: locks,
 		Installer: installer, PKI: issuer, Metrics: metrics, RetryBase: 2 * time.Second,
+		OperationWaitMargin: 500 * time.Millisecond,
 	}
 	if err := cr.SetupWithManager(ctx, mgr, 4); err != nil {
 		t.Fatal(err)

@@ -51,7 +51,14 @@ type applyState struct {
 // the re-attach finds it — well inside ReconnectTimeout (2m by default), since the
 // recovery itself waits for nothing before serving. A recovered operation opens a
 // new confirm window, which OnAwaitingConfirm is called for again.
+//
+// With req.Timeout, Apply gives up after Timeout + ConfirmTimeout + WaitMargin with
+// an error wrapping ErrTimeout: a hung or silent agent cannot hold the caller.
 func (a *Agent) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
+	return boundApply(ctx, req, func(ctx context.Context) (ApplyResult, error) { return a.apply(ctx, req) })
+}
+
+func (a *Agent) apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
 	res := ApplyResult{Transport: nio.TransportAgent}
 	header, err := applyHeader(req)
 	if err != nil {
@@ -144,6 +151,9 @@ func applyHeader(req ApplyRequest) (*agentv1.ApplyHeader, error) {
 	}
 	if req.Secrets != nil {
 		h.Secrets = &agentv1.SecretsManifest{Count: uint32(len(req.Secrets.Files)), Digest: req.Secrets.Digest}
+	}
+	if req.Timeout > 0 {
+		h.OperationTimeout = durationpb.New(req.Timeout)
 	}
 	return h, nil
 }
@@ -259,6 +269,7 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 				Message:    r.GetMessage(),
 				Generation: r.GetGeneration(),
 				StorePath:  r.GetStorePath(),
+				TimedOut:   r.GetTimedOut(),
 			}
 			if s := st.req.Secrets; s != nil && len(s.Files) > 0 && out.Outcome == OutcomeSucceeded && r.GetSecretsDigest() != s.Digest {
 				// An agent from before secret delivery ignores the manifest: the

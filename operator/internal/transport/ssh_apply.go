@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -50,7 +51,28 @@ var (
 // gives. When it can't, the previous system is re-activated over the connection that
 // is still open and the result is RolledBack (or Failed when that did not work
 // either); it is never Succeeded.
+//
+// With req.Timeout, Apply gives up after Timeout + ConfirmTimeout + WaitMargin with
+// an error wrapping ErrTimeout, and closes the connection. That is the only bound
+// over SSH, and what it does on the host is limited: the command has no terminal, so
+// sshd sends it no SIGHUP; nixos-rebuild (and the nix build under it) runs on until
+// it next writes output — then SIGPIPE usually ends it — or until it finishes. A
+// build that hangs silently keeps running on the host (kill it there, or reboot).
+// An activation that had begun completes if nixos-rebuild runs it through
+// systemd-run (as recent NixOS releases do); otherwise SIGPIPE can cut it short.
+// The agent enforces the deadline on the host itself, and never cuts an
+// activation; prefer it.
+//
+// Once nixos-rebuild has ended, its outcome is never lost: when the system links
+// cannot be read afterwards (the switch restarted the network, the connection
+// dropped), the read is retried over new connections, and if it still fails the
+// outcome is returned with the generation and store path unknown — an error here
+// would make the caller apply the same commit again.
 func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
+	return boundApply(ctx, req, func(ctx context.Context) (ApplyResult, error) { return s.apply(ctx, req) })
+}
+
+func (s *SSH) apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
 	res := ApplyResult{Transport: nio.TransportSSH}
 	if err := validateApply(req); err != nil {
 		return res, err
@@ -127,9 +149,18 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 		}
 		s.pruneSecrets(ctx, c, sec, keep)
 	}
-	after, err := s.readSystem(ctx, c)
+	after, err := s.readSystemAfter(ctx, c)
 	if err != nil {
-		return res, err
+		note := fmt.Sprintf("nixos-rebuild %s ended (%s), but the system could not be read afterwards: %v; generation and store path unknown", req.Action, res.Outcome, err)
+		em.emit(Event{Kind: EventLog, Line: note})
+		if res.Message == "" {
+			res.Message = note
+		} else {
+			res.Message += "; " + note
+		}
+		res.LogTail = em.tail()
+		em.phase(PhaseDone, string(res.Outcome))
+		return res, nil
 	}
 	res.Generation = after.Generation
 	// The store path names what this operation built; only a success can tell.
@@ -143,6 +174,34 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 	}
 	em.phase(PhaseDone, string(res.Outcome))
 	return res, nil
+}
+
+// readAfterRetries are the pauses before reading the system again over a new
+// connection, when reading it after nixos-rebuild failed.
+var readAfterRetries = []time.Duration{time.Second, 3 * time.Second}
+
+// readSystemAfter reads the system after nixos-rebuild: over c, and when that fails
+// over new connections (c may have died with the switch).
+func (s *SSH) readSystemAfter(ctx context.Context, c *sshConn) (hostSystem, error) {
+	h, err := s.readSystem(ctx, c)
+	for _, pause := range readAfterRetries {
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return h, err
+		case <-t.C:
+		}
+		var nc *sshConn
+		if nc, err = s.connect(ctx); err == nil {
+			h, err = s.readSystem(ctx, nc)
+			nc.Close()
+		}
+	}
+	return h, err
 }
 
 // confirmByReconnect proves the activated system still lets the operator in, with a

@@ -6,6 +6,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -130,6 +131,15 @@ type ApplyRequest struct {
 	// ConfirmTimeout > 0 asks for magic rollback: after activation the host waits
 	// this long for Confirm and rolls back without it.
 	ConfirmTimeout time.Duration
+	// Timeout > 0 bounds the operation on the host: the agent stops the build when it
+	// runs out and starts no activation after it (ApplyHeader.operation_timeout). The
+	// transport itself waits at most Timeout + ConfirmTimeout + WaitMargin and then
+	// returns an error wrapping ErrTimeout, so a hung or silent host cannot hold the
+	// caller; over SSH that wait is the only bound (see SSH.Apply).
+	Timeout time.Duration
+	// WaitMargin is the transport's allowance beyond Timeout and ConfirmTimeout for
+	// the transfer and reconnects (default DefaultWaitMargin).
+	WaitMargin time.Duration
 	// OnAwaitingConfirm is called when the host has activated the system and waits
 	// for Confirm. The caller confirms with Transport.Confirm, which opens a new
 	// connection. When nil, the operation is not confirmed and rolls back.
@@ -164,6 +174,8 @@ type ApplyResult struct {
 	LogTail []string
 	// SourceBytesSent counts archive bytes sent (0 when the host held the digest).
 	SourceBytesSent int64
+	// TimedOut: the host ended the operation Failed because its Timeout ran out.
+	TimedOut bool
 }
 
 // SystemStatus is what a host runs.
@@ -233,4 +245,43 @@ var (
 	// and could not be re-established in time. The operation may still be running;
 	// retry with the same operation id to attach to it (never fall back to SSH).
 	ErrOutcomeUnknown = errors.New("connection lost during the operation; outcome unknown")
+	// ErrTimeout: the operation did not end within the transport's wait (Timeout +
+	// ConfirmTimeout + WaitMargin). The connection was closed; the agent ends the
+	// operation itself at its own deadline.
+	ErrTimeout = errors.New("operation timed out")
 )
+
+// DefaultWaitMargin is ApplyRequest.WaitMargin's default: time for the source
+// transfer and for re-attaching after a dropped stream (the agent's
+// ReconnectTimeout is 2m), beyond the operation's own bounds.
+const DefaultWaitMargin = 5 * time.Minute
+
+// WaitBound is how long a transport waits for req: Timeout + ConfirmTimeout +
+// WaitMargin; 0 (no bound) without a Timeout.
+func (req ApplyRequest) WaitBound() time.Duration {
+	if req.Timeout <= 0 {
+		return 0
+	}
+	margin := req.WaitMargin
+	if margin <= 0 {
+		margin = DefaultWaitMargin
+	}
+	return req.Timeout + max(req.ConfirmTimeout, 0) + margin
+}
+
+// boundApply runs apply under req's wait bound and turns running out of it into
+// an error wrapping ErrTimeout.
+func boundApply(ctx context.Context, req ApplyRequest, apply func(context.Context) (ApplyResult, error)) (ApplyResult, error) {
+	bound := req.WaitBound()
+	if bound <= 0 {
+		return apply(ctx)
+	}
+	cause := fmt.Errorf("%w after %s (timeout %s, confirm window %s, margin %s)", ErrTimeout, bound, req.Timeout, max(req.ConfirmTimeout, 0), bound-req.Timeout-max(req.ConfirmTimeout, 0))
+	bctx, cancel := context.WithTimeoutCause(ctx, bound, cause)
+	defer cancel()
+	res, err := apply(bctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(bctx), ErrTimeout) {
+		return res, fmt.Errorf("%w: %v", cause, err)
+	}
+	return res, err
+}

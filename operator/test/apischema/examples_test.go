@@ -115,6 +115,9 @@ func TestUsageGuideManifestsApplyWithDefaults(t *testing.T) {
 	if s.Rollback.Enabled == nil || !*s.Rollback.Enabled || s.Rollback.ConfirmTimeout.Duration != time.Minute {
 		t.Errorf("rollback defaults = %+v, want enabled, 60s", s.Rollback)
 	}
+	if s.Timeout == nil || s.Timeout.Duration != time.Hour {
+		t.Errorf("timeout default = %v, want 1h", s.Timeout)
+	}
 
 	// The printer columns and short names work with kubectl.
 	if out := kubectl(t, "get", "mach", "-n", ns); !strings.Contains(out, "HOSTNAME") || !strings.Contains(out, "worker-01") {

@@ -114,6 +114,15 @@ func TestAPIServerRefusesBadInput(t *testing.T) {
 		}
 		expectInvalid(t, fmt.Sprintf("NixosConfiguration duration %v", bad), u, "should match")
 	}
+	// spec.timeout: positive, at most a day.
+	for i, tc := range []struct{ timeout, want string }{{"0s", "timeout must be positive and at most 24h"}, {"25h", "timeout must be positive and at most 24h"}, {"an hour", "should match"}} {
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": nio.GroupVersion.String(), "kind": "NixosConfiguration",
+			"metadata": map[string]any{"name": fmt.Sprintf("bad-timeout-%d", i), "namespace": ns},
+			"spec":     map[string]any{"gitRepo": "https://example.org/r.git", "flake": ".#worker", "machineRef": map[string]any{"name": "m"}, "timeout": tc.timeout},
+		}}
+		expectInvalid(t, "NixosConfiguration timeout "+tc.timeout, u, tc.want)
+	}
 
 	// The valid objects themselves are accepted, so the refusals above are about the
 	// mutation alone.

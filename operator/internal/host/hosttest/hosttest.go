@@ -117,6 +117,8 @@ type Host struct {
 	IdentityErr error
 	// Block, when set, holds Apply until closed (a long build).
 	Block chan struct{}
+	// Timeouts are the ApplyRequest.Timeout of every Apply, in order.
+	Timeouts []time.Duration
 
 	applies []AppliedOp
 }
@@ -138,6 +140,7 @@ func (h *Host) Ops() []AppliedOp {
 func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
 	h.mu.Lock()
 	up, agent, block := h.AgentUp || h.SSHUp, h.AgentUp, h.Block
+	h.Timeouts = append(h.Timeouts, req.Timeout)
 	h.mu.Unlock()
 	if !up {
 		return transport.ApplyResult{}, fmt.Errorf("dial %s: %w", h.name, transport.ErrUnreachable)

@@ -518,9 +518,18 @@ type ApplyHeader struct {
 	// header. Set (even with count 0): the host's secrets directory holds exactly
 	// these files once the operation activates, and the previous set again if it
 	// rolls back. Unset: the secrets directory is left alone.
-	Secrets       *SecretsManifest `protobuf:"bytes,10,opt,name=secrets,proto3" json:"secrets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Secrets *SecretsManifest `protobuf:"bytes,10,opt,name=secrets,proto3" json:"secrets,omitempty"`
+	// When set, bounds the operation from the header's arrival: the build, setting
+	// the system profile, and starting the activation. On expiry the agent kills the
+	// build's processes (or starts no further step) and ends the operation
+	// OUTCOME_FAILED with ApplyResult.timed_out; the previous system stays active.
+	// An activation that has begun is never interrupted, and is waited for; the
+	// confirm window has its own bound (confirm_timeout). The deadline is absolute
+	// once the operation starts: an agent restart does not extend it, and an attach
+	// does not restart it.
+	OperationTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=operation_timeout,json=operationTimeout,proto3" json:"operation_timeout,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ApplyHeader) Reset() {
@@ -630,6 +639,13 @@ func (x *ApplyHeader) GetResumeAfterSequence() uint64 {
 func (x *ApplyHeader) GetSecrets() *SecretsManifest {
 	if x != nil {
 		return x.Secrets
+	}
+	return nil
+}
+
+func (x *ApplyHeader) GetOperationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.OperationTimeout
 	}
 	return nil
 }
@@ -1165,6 +1181,9 @@ type ApplyResult struct {
 	// know secrets leaves it empty too, which the operator refuses to count as
 	// applied).
 	SecretsDigest string `protobuf:"bytes,7,opt,name=secrets_digest,json=secretsDigest,proto3" json:"secrets_digest,omitempty"`
+	// True when the operation failed because its operation_timeout ran out (the
+	// outcome is then OUTCOME_FAILED and nothing new was activated).
+	TimedOut      bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1246,6 +1265,13 @@ func (x *ApplyResult) GetSecretsDigest() string {
 		return x.SecretsDigest
 	}
 	return ""
+}
+
+func (x *ApplyResult) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
 }
 
 // StatusRequest asks for the host's state.
@@ -2017,7 +2043,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04attr\x18\x02 \x01(\tR\x04attr\"\"\n" +
 	"\fModuleTarget\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\xe0\x03\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"\xa8\x04\n" +
 	"\vApplyHeader\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x121\n" +
 	"\x05flake\x18\x02 \x01(\v2\x19.nio.agent.v1.FlakeTargetH\x00R\x05flake\x124\n" +
@@ -2030,7 +2056,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fconfirm_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0econfirmTimeout\x122\n" +
 	"\x15resume_after_sequence\x18\t \x01(\x04R\x13resumeAfterSequence\x127\n" +
 	"\asecrets\x18\n" +
-	" \x01(\v2\x1d.nio.agent.v1.SecretsManifestR\asecretsB\b\n" +
+	" \x01(\v2\x1d.nio.agent.v1.SecretsManifestR\asecrets\x12F\n" +
+	"\x11operation_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x10operationTimeoutB\b\n" +
 	"\x06target\"?\n" +
 	"\x0fSecretsManifest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x16\n" +
@@ -2064,7 +2091,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"N\n" +
 	"\aLogLine\x12/\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x17.nio.agent.v1.LogStreamR\x06stream\x12\x12\n" +
-	"\x04text\x18\x02 \x01(\tR\x04text\"\x86\x02\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\xa3\x02\n" +
 	"\vApplyResult\x12/\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x15.nio.agent.v1.OutcomeR\aoutcome\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1e\n" +
@@ -2076,7 +2103,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\vrolled_back\x18\x05 \x01(\bR\n" +
 	"rolledBack\x12%\n" +
 	"\x0ecurrent_system\x18\x06 \x01(\tR\rcurrentSystem\x12%\n" +
-	"\x0esecrets_digest\x18\a \x01(\tR\rsecretsDigest\"\x0f\n" +
+	"\x0esecrets_digest\x18\a \x01(\tR\rsecretsDigest\x12\x1b\n" +
+	"\ttimed_out\x18\b \x01(\bR\btimedOut\"\x0f\n" +
 	"\rStatusRequest\"\xb0\x03\n" +
 	"\x10OperationSummary\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x12\x16\n" +
@@ -2218,42 +2246,43 @@ var file_nio_agent_v1_agent_proto_depIdxs = []int32{
 	0,  // 5: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
 	28, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
 	8,  // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
-	29, // 8: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
-	12, // 9: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
-	13, // 10: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
-	14, // 11: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
-	15, // 12: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
-	1,  // 13: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
-	29, // 14: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	3,  // 15: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
-	2,  // 16: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
-	0,  // 17: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
-	2,  // 18: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
-	29, // 19: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
-	29, // 20: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
-	17, // 22: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
-	29, // 23: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 24: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
-	24, // 25: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
-	25, // 26: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
-	27, // 27: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
-	29, // 28: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
-	4,  // 29: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
-	16, // 30: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
-	19, // 31: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
-	21, // 32: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
-	23, // 33: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
-	11, // 34: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
-	18, // 35: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
-	20, // 36: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
-	22, // 37: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
-	26, // 38: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
-	34, // [34:39] is the sub-list for method output_type
-	29, // [29:34] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	28, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
+	29, // 9: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
+	12, // 10: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
+	13, // 11: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
+	14, // 12: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
+	15, // 13: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
+	1,  // 14: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
+	29, // 15: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	3,  // 16: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
+	2,  // 17: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
+	0,  // 18: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
+	2,  // 19: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
+	29, // 20: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
+	29, // 21: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
+	1,  // 22: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
+	17, // 23: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
+	29, // 24: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	2,  // 25: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
+	24, // 26: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
+	25, // 27: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
+	27, // 28: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
+	29, // 29: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 30: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
+	16, // 31: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
+	19, // 32: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
+	21, // 33: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
+	23, // 34: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
+	11, // 35: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
+	18, // 36: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
+	20, // 37: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
+	22, // 38: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
+	26, // 39: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
+	35, // [35:40] is the sub-list for method output_type
+	30, // [30:35] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_nio_agent_v1_agent_proto_init() }
