@@ -106,9 +106,10 @@ func TestWriteToInstallsTheUnitEnabled(t *testing.T) {
 // systemd itself reads the unit: no unknown setting, no bad value. The host's
 // systemd is Debian's (252 on bookworm); NixOS's is newer and knows all of these.
 func TestSystemdAcceptsTheUnit(t *testing.T) {
+	// hack/deps.sh installs systemd-container, which brings systemd-analyze.
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze is not installed")
+		t.Fatalf("systemd-analyze is not installed (%v): run hack/deps.sh", err)
 	}
 	dir := t.TempDir()
 	// Real executables, since verify checks that ExecStart's is one.
