@@ -1,5 +1,6 @@
-// Package v1alpha1 holds the NIO API: Machine (how to reach a host) and
-// NixosConfiguration (which flake output it must run).
+// Package v1alpha1 holds the NIO API: Machine (how to reach a host),
+// NixosConfiguration (which flake output it must run) and NixosFleet (many Machines
+// from one template, with staged rollouts).
 //
 // +kubebuilder:object:generate=true
 // +groupName=nio.homystack.com
@@ -25,6 +26,7 @@ func addKnownTypes(scheme *runtime.Scheme) error {
 	scheme.AddKnownTypes(GroupVersion,
 		&Machine{}, &MachineList{},
 		&NixosConfiguration{}, &NixosConfigurationList{},
+		&NixosFleet{}, &NixosFleetList{},
 	)
 	metav1.AddToGroupVersion(scheme, GroupVersion)
 	return nil

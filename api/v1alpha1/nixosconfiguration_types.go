@@ -19,7 +19,30 @@ const (
 
 // NixosConfigurationSpec says which flake output a Machine must run.
 // +kubebuilder:validation:XValidation:rule="!has(self.kexecImage) || self.fullInstall",message="kexecImage is only used with fullInstall: true"
+// +kubebuilder:validation:XValidation:rule="!has(self.healthChecks) || !has(self.action) || self.action != 'boot'",message="healthChecks need action switch or test: with boot nothing is activated to check"
 type NixosConfigurationSpec struct {
+	// Flake names the NixOS system as `<dir>#<attr>`: dir is relative to the
+	// repository root (`.` for the root), attr is the name under
+	// nixosConfigurations. Example: `.#worker`.
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[^#\\\\s]+#[A-Za-z0-9_][A-Za-z0-9_.-]*$')",message="flake must be <dir>#<attr>, e.g. .#worker"
+	// +kubebuilder:validation:XValidation:rule="!self.split('#')[0].startsWith('/') && !self.split('#')[0].matches('(^|/)[.][.](/|$)')",message="the flake directory must be relative to the repository root, without .."
+	// +required
+	Flake string `json:"flake"`
+
+	// MachineRef names the Machine, in this namespace, that runs this configuration.
+	// A Machine runs one configuration: when several name it, the oldest wins and the
+	// others report Ready=False, reason MachineInUse.
+	// +required
+	MachineRef LocalObjectReference `json:"machineRef"`
+
+	ConfigurationTemplate `json:",inline"`
+}
+
+// ConfigurationTemplate is every field of a NixosConfiguration's spec but flake and
+// machineRef: what a NixosFleet's template gives each of its configurations.
+type ConfigurationTemplate struct {
 	// GitRepo is the repository holding the flake: https://, http://, ssh://,
 	// scp-like (git@host:path) or file:// URL.
 	// +kubebuilder:validation:MinLength=1
@@ -37,16 +60,6 @@ type NixosConfigurationSpec struct {
 	// +optional
 	Ref string `json:"ref,omitempty"`
 
-	// Flake names the NixOS system as `<dir>#<attr>`: dir is relative to the
-	// repository root (`.` for the root), attr is the name under
-	// nixosConfigurations. Example: `.#worker`.
-	// +kubebuilder:validation:MinLength=3
-	// +kubebuilder:validation:MaxLength=512
-	// +kubebuilder:validation:XValidation:rule="self.matches('^[^#\\\\s]+#[A-Za-z0-9_][A-Za-z0-9_.-]*$')",message="flake must be <dir>#<attr>, e.g. .#worker"
-	// +kubebuilder:validation:XValidation:rule="!self.split('#')[0].startsWith('/') && !self.split('#')[0].matches('(^|/)[.][.](/|$)')",message="the flake directory must be relative to the repository root, without .."
-	// +required
-	Flake string `json:"flake"`
-
 	// FullInstall installs the host with nixos-anywhere (wiping its disks) before the
 	// first switch. The install runs once: a host that carries the marker
 	// /var/lib/nio/installed, or answers as nio-agent, is never installed again unless
@@ -54,12 +67,6 @@ type NixosConfigurationSpec struct {
 	// +kubebuilder:default=false
 	// +optional
 	FullInstall bool `json:"fullInstall,omitempty"`
-
-	// MachineRef names the Machine, in this namespace, that runs this configuration.
-	// A Machine runs one configuration: when several name it, the oldest wins and the
-	// others report Ready=False, reason MachineInUse.
-	// +required
-	MachineRef LocalObjectReference `json:"machineRef"`
 
 	// CredentialsRef names a Secret, in this namespace, with the Git credentials:
 	// `token` or `bearerToken` (HTTP bearer), `username` and `password` (HTTP basic),
@@ -116,6 +123,17 @@ type NixosConfigurationSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Rollback RollbackSpec `json:"rollback,omitempty"`
+
+	// HealthChecks run on the host after activation, before the operator confirms:
+	// systemd units, HTTP GETs, commands. Every check must pass once within
+	// healthChecks.timeout; when one does not, the agent re-activates the previous
+	// generation (as when no confirmation comes, whether or not rollback.enabled),
+	// and the configuration reports Ready=False, reason HealthCheckFailed, naming the
+	// check. They need the agent: over SSH a configuration with health checks is not
+	// applied (reason HealthChecksNeedAgent) rather than applied unchecked. Not with
+	// action boot.
+	// +optional
+	HealthChecks *HealthChecks `json:"healthChecks,omitempty"`
 
 	// Timeout bounds one operation on the host: build, setting the system profile
 	// and starting the activation (default 1h, at most 24h). The agent kills the

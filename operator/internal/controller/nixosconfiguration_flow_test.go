@@ -67,9 +67,12 @@ func (f *fixture) config(name, machine string, mutate ...func(*nio.NixosConfigur
 	c := &nio.NixosConfiguration{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: f.ns},
 		Spec: nio.NixosConfigurationSpec{
-			GitRepo: f.repo.URL(), Flake: ".#worker", MachineRef: nio.LocalObjectReference{Name: machine},
-			CredentialsRef: &nio.LocalObjectReference{Name: "git-credentials"},
-			Interval:       metav1.Duration{Duration: time.Second},
+			Flake: ".#worker", MachineRef: nio.LocalObjectReference{Name: machine},
+			ConfigurationTemplate: nio.ConfigurationTemplate{
+				GitRepo:        f.repo.URL(),
+				CredentialsRef: &nio.LocalObjectReference{Name: "git-credentials"},
+				Interval:       metav1.Duration{Duration: time.Second},
+			},
 		},
 	}
 	for _, m := range mutate {

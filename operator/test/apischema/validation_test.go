@@ -25,9 +25,9 @@ func validMachine() *nio.Machine {
 
 func validConfiguration() *nio.NixosConfiguration {
 	return &nio.NixosConfiguration{Spec: nio.NixosConfigurationSpec{
-		GitRepo:    "https://github.com/your-org/nixos-configs.git",
-		Flake:      ".#worker",
-		MachineRef: nio.LocalObjectReference{Name: "worker-01"},
+		Flake:                 ".#worker",
+		MachineRef:            nio.LocalObjectReference{Name: "worker-01"},
+		ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://github.com/your-org/nixos-configs.git"},
 	}}
 }
 

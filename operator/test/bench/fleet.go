@@ -301,11 +301,14 @@ func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, rep
 		nc := &nio.NixosConfiguration{
 			ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: name},
 			Spec: nio.NixosConfigurationSpec{
-				GitRepo: repoURL, Ref: "main", Flake: ".#sim",
+				Flake:      ".#sim",
 				MachineRef: nio.LocalObjectReference{Name: name},
-				// Long, so only the webhook starts a pass.
-				Interval: metav1.Duration{Duration: time.Hour},
-				Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
+				ConfigurationTemplate: nio.ConfigurationTemplate{
+					GitRepo: repoURL, Ref: "main",
+					// Long, so only the webhook starts a pass.
+					Interval: metav1.Duration{Duration: time.Hour},
+					Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
+				},
 			},
 		}
 		if err := c.Create(ctx, nc); err != nil {

@@ -232,9 +232,12 @@ func runNix(ctx context.Context, o nixOptions) (res NixResult, err error) {
 		return st.c.Create(ctx, &nio.NixosConfiguration{
 			ObjectMeta: metav1.ObjectMeta{Namespace: nixNamespace, Name: "host"},
 			Spec: nio.NixosConfigurationSpec{
-				GitRepo: repo.url, Ref: "main", Flake: ".#bench", MachineRef: nio.LocalObjectReference{Name: "host"},
-				Interval: metav1.Duration{Duration: time.Hour},
-				Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
+				Flake: ".#bench", MachineRef: nio.LocalObjectReference{Name: "host"},
+				ConfigurationTemplate: nio.ConfigurationTemplate{
+					GitRepo: repo.url, Ref: "main",
+					Interval: metav1.Duration{Duration: time.Hour},
+					Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
+				},
 			},
 		})
 	}); err != nil {

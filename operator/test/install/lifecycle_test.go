@@ -292,8 +292,8 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 		tenant = tenantNamespace(t, "users")
 		conf := &nio.NixosConfiguration{
 			ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "worker-config", Finalizers: []string{nio.Finalizer}},
-			Spec: nio.NixosConfigurationSpec{GitRepo: "https://example.com/nixos-configs.git", Flake: ".#worker",
-				MachineRef: nio.LocalObjectReference{Name: "worker-01"}},
+			Spec: nio.NixosConfigurationSpec{Flake: ".#worker", MachineRef: nio.LocalObjectReference{Name: "worker-01"},
+				ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://example.com/nixos-configs.git"}},
 		}
 		for _, o := range []client.Object{validMachine(tenant, "worker-01"), conf} {
 			if err := env.Client.Create(ctx, o); err != nil {

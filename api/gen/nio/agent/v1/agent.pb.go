@@ -115,6 +115,9 @@ const (
 	Phase_PHASE_ROLLING_BACK Phase = 7
 	// The operation is over; an ApplyResult follows.
 	Phase_PHASE_DONE Phase = 8
+	// Activated; running ApplyHeader.health_checks (before the confirm window). A
+	// failure rolls back (PHASE_ROLLING_BACK).
+	Phase_PHASE_HEALTH_CHECKING Phase = 9
 )
 
 // Enum value maps for Phase.
@@ -129,6 +132,7 @@ var (
 		6: "PHASE_AWAITING_CONFIRM",
 		7: "PHASE_ROLLING_BACK",
 		8: "PHASE_DONE",
+		9: "PHASE_HEALTH_CHECKING",
 	}
 	Phase_value = map[string]int32{
 		"PHASE_UNSPECIFIED":      0,
@@ -140,6 +144,7 @@ var (
 		"PHASE_AWAITING_CONFIRM": 6,
 		"PHASE_ROLLING_BACK":     7,
 		"PHASE_DONE":             8,
+		"PHASE_HEALTH_CHECKING":  9,
 	}
 )
 
@@ -528,8 +533,15 @@ type ApplyHeader struct {
 	// once the operation starts: an agent restart does not extend it, and an attach
 	// does not restart it.
 	OperationTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=operation_timeout,json=operationTimeout,proto3" json:"operation_timeout,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// When set (switch and test only), checks run after activation and before the
+	// confirm window; a check that has not passed once by health_checks.timeout makes
+	// the agent re-activate the previous generation, whether or not confirm_timeout
+	// is set. The agent validates them before anything is built: an invalid set (or
+	// an HTTP URL off this host without allow_remote) fails the operation at once.
+	// Only an agent that lists "health-checks" in StatusResponse.features runs them.
+	HealthChecks  *HealthChecks `protobuf:"bytes,12,opt,name=health_checks,json=healthChecks,proto3" json:"health_checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyHeader) Reset() {
@@ -650,6 +662,13 @@ func (x *ApplyHeader) GetOperationTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *ApplyHeader) GetHealthChecks() *HealthChecks {
+	if x != nil {
+		return x.HealthChecks
+	}
+	return nil
+}
+
 type isApplyHeader_Target interface {
 	isApplyHeader_Target()
 }
@@ -665,6 +684,482 @@ type ApplyHeader_Module struct {
 func (*ApplyHeader_Flake) isApplyHeader_Target() {}
 
 func (*ApplyHeader_Module) isApplyHeader_Target() {}
+
+// HealthChecks are run after an activation; each is retried every interval until it
+// has passed once, all within timeout.
+type HealthChecks struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Checks []*HealthCheck         `protobuf:"bytes,1,rep,name=checks,proto3" json:"checks,omitempty"`
+	// Overall deadline from the end of the activation.
+	Timeout *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Pause between a failed attempt of a check and its next one (unset: 1s).
+	Interval      *durationpb.Duration `protobuf:"bytes,3,opt,name=interval,proto3" json:"interval,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthChecks) Reset() {
+	*x = HealthChecks{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthChecks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthChecks) ProtoMessage() {}
+
+func (x *HealthChecks) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthChecks.ProtoReflect.Descriptor instead.
+func (*HealthChecks) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HealthChecks) GetChecks() []*HealthCheck {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+func (x *HealthChecks) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HealthChecks) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+// HealthCheck is one named check; exactly one kind is set.
+type HealthCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique in its HealthChecks: letters, digits, '.', '_', '-'.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*HealthCheck_Units
+	//	*HealthCheck_Http
+	//	*HealthCheck_Command
+	Kind          isHealthCheck_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheck) Reset() {
+	*x = HealthCheck{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheck) ProtoMessage() {}
+
+func (x *HealthCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
+func (*HealthCheck) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HealthCheck) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HealthCheck) GetKind() isHealthCheck_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetUnits() *UnitsCheck {
+	if x != nil {
+		if x, ok := x.Kind.(*HealthCheck_Units); ok {
+			return x.Units
+		}
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetHttp() *HttpCheck {
+	if x != nil {
+		if x, ok := x.Kind.(*HealthCheck_Http); ok {
+			return x.Http
+		}
+	}
+	return nil
+}
+
+func (x *HealthCheck) GetCommand() *CommandCheck {
+	if x != nil {
+		if x, ok := x.Kind.(*HealthCheck_Command); ok {
+			return x.Command
+		}
+	}
+	return nil
+}
+
+type isHealthCheck_Kind interface {
+	isHealthCheck_Kind()
+}
+
+type HealthCheck_Units struct {
+	Units *UnitsCheck `protobuf:"bytes,2,opt,name=units,proto3,oneof"`
+}
+
+type HealthCheck_Http struct {
+	Http *HttpCheck `protobuf:"bytes,3,opt,name=http,proto3,oneof"`
+}
+
+type HealthCheck_Command struct {
+	Command *CommandCheck `protobuf:"bytes,4,opt,name=command,proto3,oneof"`
+}
+
+func (*HealthCheck_Units) isHealthCheck_Kind() {}
+
+func (*HealthCheck_Http) isHealthCheck_Kind() {}
+
+func (*HealthCheck_Command) isHealthCheck_Kind() {}
+
+// UnitsCheck passes when units are all active and, with no_new_failures, no unit is
+// failed that was not failed before the activation.
+type UnitsCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Units         []string               `protobuf:"bytes,1,rep,name=units,proto3" json:"units,omitempty"`
+	NoNewFailures bool                   `protobuf:"varint,2,opt,name=no_new_failures,json=noNewFailures,proto3" json:"no_new_failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnitsCheck) Reset() {
+	*x = UnitsCheck{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnitsCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnitsCheck) ProtoMessage() {}
+
+func (x *UnitsCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnitsCheck.ProtoReflect.Descriptor instead.
+func (*UnitsCheck) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UnitsCheck) GetUnits() []string {
+	if x != nil {
+		return x.Units
+	}
+	return nil
+}
+
+func (x *UnitsCheck) GetNoNewFailures() bool {
+	if x != nil {
+		return x.NoNewFailures
+	}
+	return false
+}
+
+// HttpCheck is a GET of url answered with expect_status (0: 200). The URL's host
+// must be loopback, localhost or one of the host's addresses unless allow_remote.
+type HttpCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Url           string                 `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	ExpectStatus  int32                  `protobuf:"varint,2,opt,name=expect_status,json=expectStatus,proto3" json:"expect_status,omitempty"`
+	AllowRemote   bool                   `protobuf:"varint,3,opt,name=allow_remote,json=allowRemote,proto3" json:"allow_remote,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HttpCheck) Reset() {
+	*x = HttpCheck{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HttpCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HttpCheck) ProtoMessage() {}
+
+func (x *HttpCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
+func (*HttpCheck) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HttpCheck) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *HttpCheck) GetExpectStatus() int32 {
+	if x != nil {
+		return x.ExpectStatus
+	}
+	return 0
+}
+
+func (x *HttpCheck) GetAllowRemote() bool {
+	if x != nil {
+		return x.AllowRemote
+	}
+	return false
+}
+
+// CommandCheck runs argv (argv[0] an absolute path, no shell) with the host's view;
+// it must exit 0 within timeout.
+type CommandCheck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Argv          []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
+	Timeout       *durationpb.Duration   `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandCheck) Reset() {
+	*x = CommandCheck{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandCheck) ProtoMessage() {}
+
+func (x *CommandCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandCheck.ProtoReflect.Descriptor instead.
+func (*CommandCheck) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CommandCheck) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *CommandCheck) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// HealthReport is the outcome of an operation's health checks.
+type HealthReport struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Passed bool                   `protobuf:"varint,1,opt,name=passed,proto3" json:"passed,omitempty"`
+	// One per check, in the header's order.
+	Results []*HealthCheckResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	// Name of the first check (in the header's order) that did not pass.
+	FirstFailure  string `protobuf:"bytes,3,opt,name=first_failure,json=firstFailure,proto3" json:"first_failure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthReport) Reset() {
+	*x = HealthReport{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthReport) ProtoMessage() {}
+
+func (x *HealthReport) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthReport.ProtoReflect.Descriptor instead.
+func (*HealthReport) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *HealthReport) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *HealthReport) GetResults() []*HealthCheckResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *HealthReport) GetFirstFailure() string {
+	if x != nil {
+		return x.FirstFailure
+	}
+	return ""
+}
+
+// HealthCheckResult is the outcome of one check.
+type HealthCheckResult struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Passed bool                   `protobuf:"varint,2,opt,name=passed,proto3" json:"passed,omitempty"`
+	// How many times it ran.
+	Attempts int32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// What the last attempt saw.
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheckResult) Reset() {
+	*x = HealthCheckResult{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheckResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheckResult) ProtoMessage() {}
+
+func (x *HealthCheckResult) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheckResult.ProtoReflect.Descriptor instead.
+func (*HealthCheckResult) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HealthCheckResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *HealthCheckResult) GetPassed() bool {
+	if x != nil {
+		return x.Passed
+	}
+	return false
+}
+
+func (x *HealthCheckResult) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *HealthCheckResult) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
 
 // SecretsManifest announces the SecretFiles that follow an ApplyHeader. Secrets never
 // enter the source archive, the Nix store or the journal: the agent writes them to
@@ -683,7 +1178,7 @@ type SecretsManifest struct {
 
 func (x *SecretsManifest) Reset() {
 	*x = SecretsManifest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +1190,7 @@ func (x *SecretsManifest) String() string {
 func (*SecretsManifest) ProtoMessage() {}
 
 func (x *SecretsManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +1203,7 @@ func (x *SecretsManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretsManifest.ProtoReflect.Descriptor instead.
 func (*SecretsManifest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SecretsManifest) GetCount() uint32 {
@@ -745,7 +1240,7 @@ type SecretFile struct {
 
 func (x *SecretFile) Reset() {
 	*x = SecretFile{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +1252,7 @@ func (x *SecretFile) String() string {
 func (*SecretFile) ProtoMessage() {}
 
 func (x *SecretFile) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +1265,7 @@ func (x *SecretFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretFile.ProtoReflect.Descriptor instead.
 func (*SecretFile) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SecretFile) GetPath() string {
@@ -818,7 +1313,7 @@ type SourceChunk struct {
 
 func (x *SourceChunk) Reset() {
 	*x = SourceChunk{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1325,7 @@ func (x *SourceChunk) String() string {
 func (*SourceChunk) ProtoMessage() {}
 
 func (x *SourceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1338,7 @@ func (x *SourceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceChunk.ProtoReflect.Descriptor instead.
 func (*SourceChunk) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SourceChunk) GetData() []byte {
@@ -877,7 +1372,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -889,7 +1384,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -902,7 +1397,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ApplyResponse) GetSequence() uint64 {
@@ -1011,7 +1506,7 @@ type NeedSource struct {
 
 func (x *NeedSource) Reset() {
 	*x = NeedSource{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1518,7 @@ func (x *NeedSource) String() string {
 func (*NeedSource) ProtoMessage() {}
 
 func (x *NeedSource) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1531,7 @@ func (x *NeedSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NeedSource.ProtoReflect.Descriptor instead.
 func (*NeedSource) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NeedSource) GetSourceDigest() string {
@@ -1060,7 +1555,7 @@ type PhaseEvent struct {
 
 func (x *PhaseEvent) Reset() {
 	*x = PhaseEvent{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1567,7 @@ func (x *PhaseEvent) String() string {
 func (*PhaseEvent) ProtoMessage() {}
 
 func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1580,7 @@ func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseEvent.ProtoReflect.Descriptor instead.
 func (*PhaseEvent) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PhaseEvent) GetPhase() Phase {
@@ -1120,7 +1615,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1627,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1640,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *LogLine) GetStream() LogStream {
@@ -1183,14 +1678,17 @@ type ApplyResult struct {
 	SecretsDigest string `protobuf:"bytes,7,opt,name=secrets_digest,json=secretsDigest,proto3" json:"secrets_digest,omitempty"`
 	// True when the operation failed because its operation_timeout ran out (the
 	// outcome is then OUTCOME_FAILED and nothing new was activated).
-	TimedOut      bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	TimedOut bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	// The health checks' outcome, when the header had health_checks and they ran
+	// (the activation succeeded). passed false: the outcome is OUTCOME_ROLLED_BACK.
+	Health        *HealthReport `protobuf:"bytes,9,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1700,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1713,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ApplyResult) GetOutcome() Outcome {
@@ -1274,6 +1772,13 @@ func (x *ApplyResult) GetTimedOut() bool {
 	return false
 }
 
+func (x *ApplyResult) GetHealth() *HealthReport {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
 // StatusRequest asks for the host's state.
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1283,7 +1788,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1800,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1813,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 // OperationSummary describes an operation the agent ran or runs.
@@ -1332,7 +1837,7 @@ type OperationSummary struct {
 
 func (x *OperationSummary) Reset() {
 	*x = OperationSummary{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1849,7 @@ func (x *OperationSummary) String() string {
 func (*OperationSummary) ProtoMessage() {}
 
 func (x *OperationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1862,7 @@ func (x *OperationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationSummary.ProtoReflect.Descriptor instead.
 func (*OperationSummary) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *OperationSummary) GetOperationId() string {
@@ -1451,14 +1956,17 @@ type StatusResponse struct {
 	Hostname string `protobuf:"bytes,8,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// True when the current system's kernel, initrd or kernel modules differ from the
 	// booted system's, so a reboot is needed to run all of it.
-	NeedsReboot   bool `protobuf:"varint,9,opt,name=needs_reboot,json=needsReboot,proto3" json:"needs_reboot,omitempty"`
+	NeedsReboot bool `protobuf:"varint,9,opt,name=needs_reboot,json=needsReboot,proto3" json:"needs_reboot,omitempty"`
+	// What this agent can do beyond the first protocol: "health-checks"
+	// (ApplyHeader.health_checks). The operator sends nothing a host would ignore.
+	Features      []string `protobuf:"bytes,10,rep,name=features,proto3" json:"features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1978,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1991,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StatusResponse) GetCurrentSystem() string {
@@ -1549,6 +2057,13 @@ func (x *StatusResponse) GetNeedsReboot() bool {
 	return false
 }
 
+func (x *StatusResponse) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
 // FactsRequest asks for a hardware report.
 type FactsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1558,7 +2073,7 @@ type FactsRequest struct {
 
 func (x *FactsRequest) Reset() {
 	*x = FactsRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +2085,7 @@ func (x *FactsRequest) String() string {
 func (*FactsRequest) ProtoMessage() {}
 
 func (x *FactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +2098,7 @@ func (x *FactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsRequest.ProtoReflect.Descriptor instead.
 func (*FactsRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 // FactsResponse carries a nixos-facter report.
@@ -1597,7 +2112,7 @@ type FactsResponse struct {
 
 func (x *FactsResponse) Reset() {
 	*x = FactsResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2124,7 @@ func (x *FactsResponse) String() string {
 func (*FactsResponse) ProtoMessage() {}
 
 func (x *FactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2137,7 @@ func (x *FactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsResponse.ProtoReflect.Descriptor instead.
 func (*FactsResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FactsResponse) GetReportJson() []byte {
@@ -1642,7 +2157,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +2169,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +2182,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ConfirmRequest) GetOperationId() string {
@@ -1688,7 +2203,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +2215,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +2228,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConfirmResponse) GetOutcome() Outcome {
@@ -1738,7 +2253,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +2265,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +2278,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RenewCertificateRequest) GetMsg() isRenewCertificateRequest_Msg {
@@ -1818,7 +2333,7 @@ type RenewBegin struct {
 
 func (x *RenewBegin) Reset() {
 	*x = RenewBegin{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2345,7 @@ func (x *RenewBegin) String() string {
 func (*RenewBegin) ProtoMessage() {}
 
 func (x *RenewBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2358,7 @@ func (x *RenewBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBegin.ProtoReflect.Descriptor instead.
 func (*RenewBegin) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewBegin) GetDnsName() string {
@@ -1864,7 +2379,7 @@ type SignedCertificate struct {
 
 func (x *SignedCertificate) Reset() {
 	*x = SignedCertificate{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1876,7 +2391,7 @@ func (x *SignedCertificate) String() string {
 func (*SignedCertificate) ProtoMessage() {}
 
 func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1889,7 +2404,7 @@ func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedCertificate.ProtoReflect.Descriptor instead.
 func (*SignedCertificate) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SignedCertificate) GetCertificatePem() []byte {
@@ -1913,7 +2428,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2440,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,7 +2453,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RenewCertificateResponse) GetMsg() isRenewCertificateResponse_Msg {
@@ -1994,7 +2509,7 @@ type CertificateInstalled struct {
 
 func (x *CertificateInstalled) Reset() {
 	*x = CertificateInstalled{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +2521,7 @@ func (x *CertificateInstalled) String() string {
 func (*CertificateInstalled) ProtoMessage() {}
 
 func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +2534,7 @@ func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInstalled.ProtoReflect.Descriptor instead.
 func (*CertificateInstalled) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CertificateInstalled) GetNotAfter() *timestamppb.Timestamp {
@@ -2043,7 +2558,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04attr\x18\x02 \x01(\tR\x04attr\"\"\n" +
 	"\fModuleTarget\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\xa8\x04\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"\xe9\x04\n" +
 	"\vApplyHeader\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x121\n" +
 	"\x05flake\x18\x02 \x01(\v2\x19.nio.agent.v1.FlakeTargetH\x00R\x05flake\x124\n" +
@@ -2057,8 +2572,39 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x15resume_after_sequence\x18\t \x01(\x04R\x13resumeAfterSequence\x127\n" +
 	"\asecrets\x18\n" +
 	" \x01(\v2\x1d.nio.agent.v1.SecretsManifestR\asecrets\x12F\n" +
-	"\x11operation_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x10operationTimeoutB\b\n" +
-	"\x06target\"?\n" +
+	"\x11operation_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x10operationTimeout\x12?\n" +
+	"\rhealth_checks\x18\f \x01(\v2\x1a.nio.agent.v1.HealthChecksR\fhealthChecksB\b\n" +
+	"\x06target\"\xad\x01\n" +
+	"\fHealthChecks\x121\n" +
+	"\x06checks\x18\x01 \x03(\v2\x19.nio.agent.v1.HealthCheckR\x06checks\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x125\n" +
+	"\binterval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\binterval\"\xc2\x01\n" +
+	"\vHealthCheck\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
+	"\x05units\x18\x02 \x01(\v2\x18.nio.agent.v1.UnitsCheckH\x00R\x05units\x12-\n" +
+	"\x04http\x18\x03 \x01(\v2\x17.nio.agent.v1.HttpCheckH\x00R\x04http\x126\n" +
+	"\acommand\x18\x04 \x01(\v2\x1a.nio.agent.v1.CommandCheckH\x00R\acommandB\x06\n" +
+	"\x04kind\"J\n" +
+	"\n" +
+	"UnitsCheck\x12\x14\n" +
+	"\x05units\x18\x01 \x03(\tR\x05units\x12&\n" +
+	"\x0fno_new_failures\x18\x02 \x01(\bR\rnoNewFailures\"e\n" +
+	"\tHttpCheck\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12#\n" +
+	"\rexpect_status\x18\x02 \x01(\x05R\fexpectStatus\x12!\n" +
+	"\fallow_remote\x18\x03 \x01(\bR\vallowRemote\"W\n" +
+	"\fCommandCheck\x12\x12\n" +
+	"\x04argv\x18\x01 \x03(\tR\x04argv\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x86\x01\n" +
+	"\fHealthReport\x12\x16\n" +
+	"\x06passed\x18\x01 \x01(\bR\x06passed\x129\n" +
+	"\aresults\x18\x02 \x03(\v2\x1f.nio.agent.v1.HealthCheckResultR\aresults\x12#\n" +
+	"\rfirst_failure\x18\x03 \x01(\tR\ffirstFailure\"u\n" +
+	"\x11HealthCheckResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06passed\x18\x02 \x01(\bR\x06passed\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\x05R\battempts\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"?\n" +
 	"\x0fSecretsManifest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\"t\n" +
@@ -2091,7 +2637,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\bdeadline\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\"N\n" +
 	"\aLogLine\x12/\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x17.nio.agent.v1.LogStreamR\x06stream\x12\x12\n" +
-	"\x04text\x18\x02 \x01(\tR\x04text\"\xa3\x02\n" +
+	"\x04text\x18\x02 \x01(\tR\x04text\"\xd7\x02\n" +
 	"\vApplyResult\x12/\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x15.nio.agent.v1.OutcomeR\aoutcome\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1e\n" +
@@ -2104,7 +2650,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"rolledBack\x12%\n" +
 	"\x0ecurrent_system\x18\x06 \x01(\tR\rcurrentSystem\x12%\n" +
 	"\x0esecrets_digest\x18\a \x01(\tR\rsecretsDigest\x12\x1b\n" +
-	"\ttimed_out\x18\b \x01(\bR\btimedOut\"\x0f\n" +
+	"\ttimed_out\x18\b \x01(\bR\btimedOut\x122\n" +
+	"\x06health\x18\t \x01(\v2\x1a.nio.agent.v1.HealthReportR\x06health\"\x0f\n" +
 	"\rStatusRequest\"\xb0\x03\n" +
 	"\x10OperationSummary\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x12\x16\n" +
@@ -2120,7 +2667,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"store_path\x18\t \x01(\tR\tstorePath\x12)\n" +
 	"\x05phase\x18\n" +
-	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\x8b\x03\n" +
+	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\xa7\x03\n" +
 	"\x0eStatusResponse\x12%\n" +
 	"\x0ecurrent_system\x18\x01 \x01(\tR\rcurrentSystem\x12#\n" +
 	"\rbooted_system\x18\x02 \x01(\tR\fbootedSystem\x12\x1e\n" +
@@ -2132,7 +2679,9 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x04busy\x18\x06 \x01(\bR\x04busy\x12N\n" +
 	"\x15certificate_not_after\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x13certificateNotAfter\x12\x1a\n" +
 	"\bhostname\x18\b \x01(\tR\bhostname\x12!\n" +
-	"\fneeds_reboot\x18\t \x01(\bR\vneedsReboot\"\x0e\n" +
+	"\fneeds_reboot\x18\t \x01(\bR\vneedsReboot\x12\x1a\n" +
+	"\bfeatures\x18\n" +
+	" \x03(\tR\bfeatures\"\x0e\n" +
 	"\fFactsRequest\"0\n" +
 	"\rFactsResponse\x12\x1f\n" +
 	"\vreport_json\x18\x01 \x01(\fR\n" +
@@ -2162,7 +2711,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\vACTION_BOOT\x10\x02\x12\x0f\n" +
 	"\vACTION_TEST\x10\x03\x12\x17\n" +
 	"\x13ACTION_DRY_ACTIVATE\x10\x04\x12\x10\n" +
-	"\fACTION_BUILD\x10\x05*\xd8\x01\n" +
+	"\fACTION_BUILD\x10\x05*\xf3\x01\n" +
 	"\x05Phase\x12\x15\n" +
 	"\x11PHASE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16PHASE_RECEIVING_SOURCE\x10\x01\x12\x13\n" +
@@ -2173,7 +2722,8 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x16PHASE_AWAITING_CONFIRM\x10\x06\x12\x16\n" +
 	"\x12PHASE_ROLLING_BACK\x10\a\x12\x0e\n" +
 	"\n" +
-	"PHASE_DONE\x10\b*f\n" +
+	"PHASE_DONE\x10\b\x12\x19\n" +
+	"\x15PHASE_HEALTH_CHECKING\x10\t*f\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_SUCCEEDED\x10\x01\x12\x12\n" +
@@ -2204,7 +2754,7 @@ func file_nio_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_nio_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(Action)(0),                      // 0: nio.agent.v1.Action
 	(Phase)(0),                       // 1: nio.agent.v1.Phase
@@ -2214,75 +2764,92 @@ var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(*FlakeTarget)(nil),              // 5: nio.agent.v1.FlakeTarget
 	(*ModuleTarget)(nil),             // 6: nio.agent.v1.ModuleTarget
 	(*ApplyHeader)(nil),              // 7: nio.agent.v1.ApplyHeader
-	(*SecretsManifest)(nil),          // 8: nio.agent.v1.SecretsManifest
-	(*SecretFile)(nil),               // 9: nio.agent.v1.SecretFile
-	(*SourceChunk)(nil),              // 10: nio.agent.v1.SourceChunk
-	(*ApplyResponse)(nil),            // 11: nio.agent.v1.ApplyResponse
-	(*NeedSource)(nil),               // 12: nio.agent.v1.NeedSource
-	(*PhaseEvent)(nil),               // 13: nio.agent.v1.PhaseEvent
-	(*LogLine)(nil),                  // 14: nio.agent.v1.LogLine
-	(*ApplyResult)(nil),              // 15: nio.agent.v1.ApplyResult
-	(*StatusRequest)(nil),            // 16: nio.agent.v1.StatusRequest
-	(*OperationSummary)(nil),         // 17: nio.agent.v1.OperationSummary
-	(*StatusResponse)(nil),           // 18: nio.agent.v1.StatusResponse
-	(*FactsRequest)(nil),             // 19: nio.agent.v1.FactsRequest
-	(*FactsResponse)(nil),            // 20: nio.agent.v1.FactsResponse
-	(*ConfirmRequest)(nil),           // 21: nio.agent.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 22: nio.agent.v1.ConfirmResponse
-	(*RenewCertificateRequest)(nil),  // 23: nio.agent.v1.RenewCertificateRequest
-	(*RenewBegin)(nil),               // 24: nio.agent.v1.RenewBegin
-	(*SignedCertificate)(nil),        // 25: nio.agent.v1.SignedCertificate
-	(*RenewCertificateResponse)(nil), // 26: nio.agent.v1.RenewCertificateResponse
-	(*CertificateInstalled)(nil),     // 27: nio.agent.v1.CertificateInstalled
-	(*durationpb.Duration)(nil),      // 28: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*HealthChecks)(nil),             // 8: nio.agent.v1.HealthChecks
+	(*HealthCheck)(nil),              // 9: nio.agent.v1.HealthCheck
+	(*UnitsCheck)(nil),               // 10: nio.agent.v1.UnitsCheck
+	(*HttpCheck)(nil),                // 11: nio.agent.v1.HttpCheck
+	(*CommandCheck)(nil),             // 12: nio.agent.v1.CommandCheck
+	(*HealthReport)(nil),             // 13: nio.agent.v1.HealthReport
+	(*HealthCheckResult)(nil),        // 14: nio.agent.v1.HealthCheckResult
+	(*SecretsManifest)(nil),          // 15: nio.agent.v1.SecretsManifest
+	(*SecretFile)(nil),               // 16: nio.agent.v1.SecretFile
+	(*SourceChunk)(nil),              // 17: nio.agent.v1.SourceChunk
+	(*ApplyResponse)(nil),            // 18: nio.agent.v1.ApplyResponse
+	(*NeedSource)(nil),               // 19: nio.agent.v1.NeedSource
+	(*PhaseEvent)(nil),               // 20: nio.agent.v1.PhaseEvent
+	(*LogLine)(nil),                  // 21: nio.agent.v1.LogLine
+	(*ApplyResult)(nil),              // 22: nio.agent.v1.ApplyResult
+	(*StatusRequest)(nil),            // 23: nio.agent.v1.StatusRequest
+	(*OperationSummary)(nil),         // 24: nio.agent.v1.OperationSummary
+	(*StatusResponse)(nil),           // 25: nio.agent.v1.StatusResponse
+	(*FactsRequest)(nil),             // 26: nio.agent.v1.FactsRequest
+	(*FactsResponse)(nil),            // 27: nio.agent.v1.FactsResponse
+	(*ConfirmRequest)(nil),           // 28: nio.agent.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 29: nio.agent.v1.ConfirmResponse
+	(*RenewCertificateRequest)(nil),  // 30: nio.agent.v1.RenewCertificateRequest
+	(*RenewBegin)(nil),               // 31: nio.agent.v1.RenewBegin
+	(*SignedCertificate)(nil),        // 32: nio.agent.v1.SignedCertificate
+	(*RenewCertificateResponse)(nil), // 33: nio.agent.v1.RenewCertificateResponse
+	(*CertificateInstalled)(nil),     // 34: nio.agent.v1.CertificateInstalled
+	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
 }
 var file_nio_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: nio.agent.v1.ApplyRequest.header:type_name -> nio.agent.v1.ApplyHeader
-	10, // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
-	9,  // 2: nio.agent.v1.ApplyRequest.secret:type_name -> nio.agent.v1.SecretFile
+	17, // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
+	16, // 2: nio.agent.v1.ApplyRequest.secret:type_name -> nio.agent.v1.SecretFile
 	5,  // 3: nio.agent.v1.ApplyHeader.flake:type_name -> nio.agent.v1.FlakeTarget
 	6,  // 4: nio.agent.v1.ApplyHeader.module:type_name -> nio.agent.v1.ModuleTarget
 	0,  // 5: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
-	28, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
-	8,  // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
-	28, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
-	29, // 9: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
-	12, // 10: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
-	13, // 11: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
-	14, // 12: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
-	15, // 13: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
-	1,  // 14: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
-	29, // 15: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	3,  // 16: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
-	2,  // 17: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
-	0,  // 18: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
-	2,  // 19: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
-	29, // 20: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
-	29, // 21: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
-	1,  // 22: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
-	17, // 23: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
-	29, // 24: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 25: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
-	24, // 26: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
-	25, // 27: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
-	27, // 28: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
-	29, // 29: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
-	4,  // 30: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
-	16, // 31: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
-	19, // 32: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
-	21, // 33: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
-	23, // 34: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
-	11, // 35: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
-	18, // 36: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
-	20, // 37: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
-	22, // 38: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
-	26, // 39: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
-	35, // [35:40] is the sub-list for method output_type
-	30, // [30:35] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	35, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
+	15, // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
+	35, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
+	8,  // 9: nio.agent.v1.ApplyHeader.health_checks:type_name -> nio.agent.v1.HealthChecks
+	9,  // 10: nio.agent.v1.HealthChecks.checks:type_name -> nio.agent.v1.HealthCheck
+	35, // 11: nio.agent.v1.HealthChecks.timeout:type_name -> google.protobuf.Duration
+	35, // 12: nio.agent.v1.HealthChecks.interval:type_name -> google.protobuf.Duration
+	10, // 13: nio.agent.v1.HealthCheck.units:type_name -> nio.agent.v1.UnitsCheck
+	11, // 14: nio.agent.v1.HealthCheck.http:type_name -> nio.agent.v1.HttpCheck
+	12, // 15: nio.agent.v1.HealthCheck.command:type_name -> nio.agent.v1.CommandCheck
+	35, // 16: nio.agent.v1.CommandCheck.timeout:type_name -> google.protobuf.Duration
+	14, // 17: nio.agent.v1.HealthReport.results:type_name -> nio.agent.v1.HealthCheckResult
+	36, // 18: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
+	19, // 19: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
+	20, // 20: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
+	21, // 21: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
+	22, // 22: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
+	1,  // 23: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
+	36, // 24: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	3,  // 25: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
+	2,  // 26: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
+	13, // 27: nio.agent.v1.ApplyResult.health:type_name -> nio.agent.v1.HealthReport
+	0,  // 28: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
+	2,  // 29: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
+	36, // 30: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
+	36, // 31: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
+	1,  // 32: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
+	24, // 33: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
+	36, // 34: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	2,  // 35: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
+	31, // 36: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
+	32, // 37: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
+	34, // 38: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
+	36, // 39: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 40: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
+	23, // 41: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
+	26, // 42: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
+	28, // 43: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
+	30, // 44: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
+	18, // 45: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
+	25, // 46: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
+	27, // 47: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
+	29, // 48: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
+	33, // 49: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
+	45, // [45:50] is the sub-list for method output_type
+	40, // [40:45] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_nio_agent_v1_agent_proto_init() }
@@ -2299,17 +2866,22 @@ func file_nio_agent_v1_agent_proto_init() {
 		(*ApplyHeader_Flake)(nil),
 		(*ApplyHeader_Module)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[7].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+		(*HealthCheck_Units)(nil),
+		(*HealthCheck_Http)(nil),
+		(*HealthCheck_Command)(nil),
+	}
+	file_nio_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
 		(*ApplyResponse_NeedSource)(nil),
 		(*ApplyResponse_Phase)(nil),
 		(*ApplyResponse_Log)(nil),
 		(*ApplyResponse_Result)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[19].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[26].OneofWrappers = []any{
 		(*RenewCertificateRequest_Begin)(nil),
 		(*RenewCertificateRequest_Signed)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
 		(*RenewCertificateResponse_CsrPem)(nil),
 		(*RenewCertificateResponse_Installed)(nil),
 	}
@@ -2319,7 +2891,7 @@ func file_nio_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nio_agent_v1_agent_proto_rawDesc), len(file_nio_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
