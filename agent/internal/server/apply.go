@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/homystack/nio/agent/internal/archive"
+	"github.com/homystack/nio/agent/internal/health"
 	"github.com/homystack/nio/agent/internal/nixos"
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	"google.golang.org/grpc/codes"
@@ -60,6 +61,12 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 		return op.follow(ctx, h.GetResumeAfterSequence(), stream.Send)
 	}
 	op.secrets = secrets
+	if msg := invalidHealthChecks(h, health.HostAddrs); msg != "" {
+		// Before the source is asked for: nothing is built for checks that
+		// cannot run, and a system activated without them would go unchecked.
+		s.fail(op, msg)
+		return op.follow(ctx, 0, stream.Send)
+	}
 
 	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
 	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
