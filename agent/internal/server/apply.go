@@ -383,6 +383,14 @@ func (s *Server) execute(op *operation, archivePath string) {
 	}
 	op.agentLine("built " + out)
 	op.jr.PreviousGeneration, op.jr.PreviousSystem, op.jr.StorePath = prevGen, prevSystem, out
+	if err := s.takeHealthBaseline(bctx, op); err != nil {
+		if bctx.Err() != nil {
+			s.timedOut(ctx, op, "while listing the failed units for the health checks")
+			return
+		}
+		s.fail(op, fmt.Sprintf("health checks: list the units failed before the activation: %v; nothing was activated", err))
+		return
+	}
 
 	// The commit point: from here on the journal must be on disk before the host
 	// changes, or the step does not run.
@@ -446,14 +454,15 @@ func activates(a agentv1.Action) bool {
 }
 
 // afterActivation finishes what an activation enables: the secrets whose owner the
-// new system created get it. When that fails the operation rolls back (its services
-// could not read their secrets) and afterActivation returns false.
+// new system created get it, then the health checks run (health.go). When either
+// fails the operation rolls back (its services could not read their secrets, or
+// the system is unhealthy) and afterActivation returns false.
 func (s *Server) afterActivation(ctx context.Context, op *operation) bool {
 	if err := s.chownDeferred(op); err != nil {
 		s.rollBackAndFinish(ctx, op, agentv1.Outcome_OUTCOME_FAILED, "secrets: "+err.Error(), true)
 		return false
 	}
-	return true
+	return s.checkHealth(ctx, op)
 }
 
 // timedOut ends an operation whose deadline ran out before anything was activated:
@@ -613,7 +622,7 @@ func (s *Server) finishWith(op *operation, outcome agentv1.Outcome, msg string, 
 	}
 	r := &agentv1.ApplyResult{
 		Outcome: outcome, Message: msg, Generation: gen, StorePath: op.jr.StorePath,
-		RolledBack: rolledBack, CurrentSystem: current,
+		RolledBack: rolledBack, CurrentSystem: current, Health: journaledHealth(op.jr),
 	}
 	if outcome == agentv1.Outcome_OUTCOME_SUCCEEDED && op.jr.Secrets != nil {
 		r.SecretsDigest = op.header.GetSecrets().GetDigest()

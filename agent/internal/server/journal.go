@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/homystack/nio/agent/internal/health"
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -21,6 +22,7 @@ import (
 //	building          work started; nothing on the host changed yet
 //	setting-profile   nix-env --set is about to run (switch, boot)
 //	activating        the activation `unit` is about to start
+//	health-checking   activated; the health checks run until health_deadline
 //	awaiting-confirm  activated; the confirm window is open until confirm_deadline
 //	rolling-back      rolling back (rollback.outcome says why); `unit` is the
 //	                  rollback's activation once it starts
@@ -33,6 +35,7 @@ const (
 	stepBuilding        = "building"
 	stepSettingProfile  = "setting-profile"
 	stepActivating      = "activating"
+	stepHealthChecking  = "health-checking"
 	stepAwaitingConfirm = "awaiting-confirm"
 	stepRollingBack     = "rolling-back"
 	stepFinished        = "finished"
@@ -68,9 +71,17 @@ type journal struct {
 	// Unit is the transient unit of the current activation (the new system's from
 	// activating on, the previous system's once a rollback activates it); its
 	// files are in the operation's work dir (nixos.Activation).
-	Unit            string     `json:"unit,omitempty"`
-	ConfirmDeadline *time.Time `json:"confirm_deadline,omitempty"`
-	Rollback        *rollback  `json:"rollback,omitempty"`
+	Unit string `json:"unit,omitempty"`
+	// From setting-profile (or activating, for test) on, when a health check
+	// looks for new failures: the units failed before the activation.
+	HealthBaseline health.FailedUnits `json:"health_baseline,omitempty"`
+	// From health-checking on: when the checks' timeout, counted from the end of
+	// the activation, runs out (absolute: a restart does not extend it); and,
+	// once they ran, their report (agentv1.HealthReport in protojson).
+	HealthDeadline  *time.Time      `json:"health_deadline,omitempty"`
+	HealthReport    json.RawMessage `json:"health_report,omitempty"`
+	ConfirmDeadline *time.Time      `json:"confirm_deadline,omitempty"`
+	Rollback        *rollback       `json:"rollback,omitempty"`
 	// Secrets names the operation's secrets set and the one it replaces (never
 	// their contents; secrets.go), from the first step after they were written.
 	Secrets *journalSecrets `json:"secrets,omitempty"`
@@ -145,11 +156,20 @@ func (s *Server) readJournal() (*journal, *agentv1.ApplyHeader, error) {
 	if h.GetOperationId() != j.OperationID {
 		return nil, nil, fmt.Errorf("header names operation %q, journal %q", h.GetOperationId(), j.OperationID)
 	}
+	if len(j.HealthReport) > 0 {
+		if err := protojson.Unmarshal(j.HealthReport, &agentv1.HealthReport{}); err != nil {
+			return nil, nil, fmt.Errorf("health report: %w", err)
+		}
+	}
 	switch j.Step {
 	case stepBuilding, stepSettingProfile, stepAwaitingConfirm:
 	case stepActivating:
 		if j.Unit == "" {
 			return nil, nil, errors.New("step activating without a unit")
+		}
+	case stepHealthChecking:
+		if j.HealthDeadline == nil || h.GetHealthChecks() == nil {
+			return nil, nil, errors.New("step health-checking without health checks or their deadline")
 		}
 	case stepRollingBack:
 		if j.Rollback == nil || agentv1.Outcome_value[j.Rollback.Outcome] == 0 {

@@ -24,8 +24,13 @@ import (
 //	                  moved; FAILED, nothing was activated.
 //	activating        wait for the activation unit to end (it outlives the agent);
 //	                  failed (or no status) → roll back, FAILED; succeeded → as
-//	                  after any activation: a fresh confirm window of the full
+//	                  after any activation: the health checks (with the full
+//	                  timeout), then a fresh confirm window of the full
 //	                  confirm_timeout where one was asked for, else SUCCEEDED.
+//	health-checking   the checks run again, all of them, until the journaled
+//	                  health_deadline (at least a few seconds): a restart never
+//	                  confirms a system it did not check. Failed → roll back,
+//	                  ROLLED_BACK; passed → as after the checks.
 //	awaiting-confirm  a fresh confirm window; Confirm → SUCCEEDED, none → roll
 //	                  back, ROLLED_BACK.
 //	rolling-back      wait for the rollback's activation, run the rollback again
@@ -108,6 +113,12 @@ func (s *Server) resume(op *operation) {
 		s.log.Info("recovery: the activation succeeded", "operation", op.id, "unit", j.Unit)
 		op.agentLine("activation " + j.Unit + " succeeded")
 		if !s.afterActivation(ctx, op) {
+			return
+		}
+		s.settle(ctx, op)
+	case stepHealthChecking:
+		s.log.Info("recovery: running the health checks again", "operation", op.id, "deadline", j.HealthDeadline.Format(time.RFC3339))
+		if !s.checkHealth(ctx, op) {
 			return
 		}
 		s.settle(ctx, op)

@@ -47,14 +47,21 @@ type Config struct {
 	// FacterSystemdRun runs nixos-facter through systemd-run, outside the agent's
 	// sandbox (see facter.Config).
 	FacterSystemdRun bool
+	// HealthSystemdRun runs command health checks through systemd-run, in
+	// transient units with the host's view rather than the agent's sandbox
+	// (health.SystemdRunner); else they are the agent's children.
+	HealthSystemdRun bool
 	// Version is reported by Status.
 	Version string
 	Logger  *slog.Logger
 
 	// crashAt, in tests, is called at each step of an operation (the journal's
-	// step names, and "profile-set", "activated", "confirm-window"); blocking in it
-	// forever stands for the agent being killed there.
+	// step names, and "profile-set", "activated", "health-checked",
+	// "confirm-window"); blocking in it forever stands for the agent being killed
+	// there.
 	crashAt func(point string)
+	// systemctl, in tests, replaces systemctl on PATH for the health checks.
+	systemctl string
 }
 
 // Server is the AgentService.
@@ -152,6 +159,7 @@ func (s *Server) Status(ctx context.Context, _ *agentv1.StatusRequest) (*agentv1
 		AgentVersion:  s.cfg.Version,
 		Hostname:      hostname,
 		NeedsReboot:   nixos.NeedsReboot(current, booted, s.profileSystem()),
+		Features:      []string{featureHealthChecks},
 	}
 	s.mu.Lock()
 	resp.LastOperation, resp.Busy = s.lastLocked()
