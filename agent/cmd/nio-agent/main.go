@@ -47,7 +47,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.currentLink, "current-system-link", "/run/current-system", "link to the running system")
 	fs.StringVar(&o.bootedLink, "booted-system-link", "/run/booted-system", "link to the booted system")
 	fs.StringVar(&o.nixBinDir, "nix-bin-dir", "", "directory holding nix, nix-env and nix-build (default: found on PATH)")
-	fs.BoolVar(&o.systemdRun, "systemd-run", true, "run activation and nixos-facter through systemd-run, outside the agent's sandbox and cgroup (activation survives the agent)")
+	fs.BoolVar(&o.systemdRun, "systemd-run", true, "run activation, nixos-facter and command health checks through systemd-run, outside the agent's sandbox and cgroup (activation survives the agent)")
 	fs.StringVar(&o.facterPath, "facter-path", "nixos-facter", "nixos-facter binary")
 	fs.Int64Var(&o.maxSourceBytes, "max-source-bytes", 1<<30, "cap on a source archive and its unpacked size")
 	fs.StringVar(&o.secretsDir, "secrets-dir", "/run/nio-secrets", "tmpfs directory for the secretRef files of a configuration (current/<path>); the operator's nio-secrets.nix names /run/nio-secrets, so change it for tests only")
@@ -100,6 +100,25 @@ func main() {
 	}
 }
 
+// serverConfig is the server's configuration from the flags.
+func serverConfig(o *options, exe nixos.Executor, store *certs.Store, log *slog.Logger) server.Config {
+	return server.Config{
+		Executor:       exe,
+		Certs:          store,
+		StateDir:       o.stateDir,
+		MaxSourceBytes: o.maxSourceBytes,
+		SecretsDir:     o.secretsDir,
+		FacterPath:     o.facterPath,
+		// The hardware is what the sandbox hides: facts leave it as activation does.
+		FacterSystemdRun: o.systemdRun,
+		// A command check must see what the host's services see, not the
+		// sandbox's read-only file system without devices or capabilities.
+		HealthSystemdRun: o.systemdRun,
+		Version:          version,
+		Logger:           log,
+	}
+}
+
 func run(o *options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -132,18 +151,7 @@ func run(o *options, log *slog.Logger) error {
 	})
 	// New recovers an operation the journal shows unfinished (the agent was killed
 	// during it) before anything is served, so the operator's re-attach finds it.
-	srv, err := server.New(server.Config{
-		Executor:       exe,
-		Certs:          store,
-		StateDir:       o.stateDir,
-		MaxSourceBytes: o.maxSourceBytes,
-		SecretsDir:     o.secretsDir,
-		FacterPath:     o.facterPath,
-		// The hardware is what the sandbox hides: facts leave it as activation does.
-		FacterSystemdRun: o.systemdRun,
-		Version:          version,
-		Logger:           log,
-	})
+	srv, err := server.New(serverConfig(o, exe, store, log))
 	if err != nil {
 		return err
 	}

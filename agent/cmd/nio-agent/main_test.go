@@ -62,6 +62,21 @@ func TestFlagsDefaultsMatchTheContract(t *testing.T) {
 	}
 }
 
+// With --systemd-run (the NixOS unit) command health checks leave the sandbox the
+// way activation and nixos-facter do; without it they are the agent's children.
+func TestSystemdRunAppliesToHealthChecksAsToFacter(t *testing.T) {
+	for _, args := range [][]string{nil, {"--systemd-run=false"}} {
+		o, err := parseFlags(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := serverConfig(o, nil, nil, nil)
+		if cfg.HealthSystemdRun != o.systemdRun || cfg.FacterSystemdRun != o.systemdRun {
+			t.Errorf("flags %q: health systemd-run %v, facter %v, want both %v", args, cfg.HealthSystemdRun, cfg.FacterSystemdRun, o.systemdRun)
+		}
+	}
+}
+
 type agentProcess struct {
 	cmd     *exec.Cmd
 	addr    string
