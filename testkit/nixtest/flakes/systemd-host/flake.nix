@@ -9,7 +9,10 @@
 # Variable files: version.txt (the "commit"), kernel.txt (the kernel the system links:
 # a new one needs a reboot), activation.txt ("fail" fails the activation),
 # activation-delay.txt (seconds the activation takes), hold.txt ("yes": the first
-# activation of the system waits until /run/nio-fixture/release exists).
+# activation of the system waits until /run/nio-fixture/release exists), service.txt
+# (the system's nio-fixture-web.service: "none", "ok" — runs until stopped — or
+# "crash" — starts fine, then exits 1 a second later, as a service that crashes on
+# its new configuration does).
 {
   description = "nio test fixture: systemd-host";
   inputs.fixture-lib.url = "git+file:///srv/nio-fixture-lib";
@@ -30,6 +33,7 @@
           activation = read ./activation.txt "ok";
           delay = read ./activation-delay.txt "0";
           hold = read ./hold.txt "no";
+          service = read ./service.txt "none";
           libGreeting = fixture-lib.lib.greeting;
           switchScript = ./host-switch-to-configuration.sh;
         };

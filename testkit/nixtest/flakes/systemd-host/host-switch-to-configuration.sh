@@ -54,6 +54,24 @@ switch | test)
 		echo "restarting nio-agent.service"
 		systemctl restart nio-agent.service
 	fi
+	# The system's own service: (re)started when the system has one, stopped and
+	# removed when it has none, as NixOS does with the units of the old and new
+	# systems. The start is queued (--no-block): a service that dies after its start
+	# does not fail the switch, on NixOS either.
+	web=/etc/systemd/system/nio-fixture-web.service
+	if [ -e "$out/etc/nio-fixture-web.service" ]; then
+		cp "$out/etc/nio-fixture-web.service" "$web"
+		systemctl daemon-reload
+		systemctl reset-failed nio-fixture-web.service 2>/dev/null || true
+		systemctl restart --no-block nio-fixture-web.service
+		echo "starting nio-fixture-web.service"
+	elif [ -e "$web" ]; then
+		systemctl stop nio-fixture-web.service || true
+		rm -f "$web"
+		systemctl daemon-reload
+		systemctl reset-failed nio-fixture-web.service 2>/dev/null || true
+		echo "stopped nio-fixture-web.service"
+	fi
 	ln -sfn "$out" /run/current-system
 	;;
 esac
