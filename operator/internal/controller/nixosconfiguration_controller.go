@@ -147,6 +147,9 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 		}
 	}
 
+	if err := r.healthGate(obj, src, force); err != nil {
+		return outcome.Success{}, err
+	}
 	if wait, why := r.decide(obj, machine, src, force); why == "" {
 		if wait > 0 {
 			// The last apply of these inputs failed: its verdict stands until the retry.

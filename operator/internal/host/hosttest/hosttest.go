@@ -121,6 +121,9 @@ type Host struct {
 	// NoHealthFeature is an agent too old to run health checks: its Status lists no
 	// features, and an Apply with checks is refused before anything starts.
 	NoHealthFeature bool
+	// InvalidHealth, when set, is why the agent refuses every request's health
+	// checks before building (ErrInvalidHealthChecks), e.g. a URL off the host.
+	InvalidHealth string
 	// Marker is the install marker (/var/lib/nio/installed).
 	Marker bool
 	// FactsReport is what nixos-facter prints (nil: not installed).
@@ -174,7 +177,7 @@ func (h *Host) Ops() []AppliedOp {
 func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
 	h.mu.Lock()
 	up, agent, block := h.agentOn() || h.SSHUp, h.agentOn(), h.Block
-	disabled, noHealth, version := h.agentDisabled, h.NoHealthFeature, h.AgentVersion
+	disabled, noHealth, invalid, version := h.agentDisabled, h.NoHealthFeature, h.InvalidHealth, h.AgentVersion
 	h.Timeouts = append(h.Timeouts, req.Timeout)
 	h.calls++
 	h.mu.Unlock()
@@ -190,6 +193,8 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 			return transport.ApplyResult{Transport: nio.TransportSSH}, transport.RefuseHealthChecksOverSSH(agentErr)
 		case noHealth:
 			return transport.ApplyResult{Transport: nio.TransportAgent}, transport.RefuseHealthChecksOnOldAgent(h.name, version)
+		case invalid != "":
+			return transport.ApplyResult{Transport: nio.TransportAgent}, fmt.Errorf("agent %s apply %s: %w: %s", h.name, req.OperationID, transport.ErrInvalidHealthChecks, invalid)
 		}
 	}
 	if !up {
