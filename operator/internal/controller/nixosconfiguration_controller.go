@@ -47,8 +47,8 @@ type NixosConfigurationReconciler struct {
 	// whichever is longer.
 	RetryBase time.Duration
 	// OperationWaitMargin is what the operator waits for an operation beyond its
-	// spec.timeout and confirm window, for the transfer and reconnects (default
-	// transport.DefaultWaitMargin).
+	// spec.timeout, health checks and confirm window, for the transfer and
+	// reconnects (default transport.DefaultWaitMargin).
 	OperationWaitMargin time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
