@@ -106,7 +106,8 @@ type HealthCheckResult struct {
 }
 
 // Failure is the first check that did not pass: FirstFailure's result, else the
-// first failed one. ok is false for a report that passed, or none.
+// first failed one. ok is false for a report that passed, none, or one that names
+// no failed check.
 func (r *HealthReport) Failure() (res HealthCheckResult, ok bool) {
 	if r == nil || r.Passed {
 		return HealthCheckResult{}, false
@@ -121,7 +122,7 @@ func (r *HealthReport) Failure() (res HealthCheckResult, ok bool) {
 			return c, true
 		}
 	}
-	return HealthCheckResult{Name: r.FirstFailure}, true
+	return HealthCheckResult{Name: r.FirstFailure}, r.FirstFailure != ""
 }
 
 // HealthChecksFor turns spec.healthChecks into the transport's checks, with the
