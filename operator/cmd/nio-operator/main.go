@@ -68,7 +68,7 @@ func main() {
 	flag.DurationVar(&o.probeInterval, "probe-interval", time.Minute, "How often each Machine is probed.")
 	flag.DurationVar(&o.factsInterval, "facts-interval", 24*time.Hour, "How often nixos-facter facts are collected without a request.")
 	flag.DurationVar(&o.retryBase, "retry-base", 30*time.Second, "First delay before retrying a failed apply of unchanged inputs (doubles up to the interval, at least 10m).")
-	flag.DurationVar(&o.operationWaitMargin, "operation-wait-margin", transport.DefaultWaitMargin, "How long the operator waits for an operation beyond its spec.timeout and confirm window (source transfer, reconnects) before recording it Failed with reason Timeout.")
+	flag.DurationVar(&o.operationWaitMargin, "operation-wait-margin", transport.DefaultWaitMargin, "How long the operator waits for an operation beyond its spec.timeout, health checks and confirm window (source transfer, reconnects) before recording it Failed with reason Timeout.")
 	flag.StringVar(&o.sourceCacheDir, "source-cache-dir", "", "Directory for fetched Git objects (empty: memory).")
 	flag.DurationVar(&o.sourceMinInterval, "source-min-interval", 10*time.Second, "Shortest time between two ls-remotes of one repository (a push webhook bypasses it).")
 	flag.StringVar(&o.caSecret, "ca-secret", "nio-ca", "Name of the CA Secret in --namespace (created on first start).")

@@ -45,6 +45,16 @@ const (
 	// ReasonTimeout: an operation (apply, removal, install) did not end in time; it
 	// is recorded Failed and retried with backoff.
 	ReasonTimeout = "Timeout"
+	// ReasonHealthCheckFailed: the new system did not pass a health check in time and
+	// the agent went back to the previous generation; retried with backoff.
+	ReasonHealthCheckFailed = "HealthCheckFailed"
+	// ReasonHealthChecksNeedAgent: the configuration has health checks and no agent
+	// that runs them answers (disabled, unreachable, too old); nothing is applied
+	// (never over SSH, unchecked) and it is retried later.
+	ReasonHealthChecksNeedAgent = "HealthChecksNeedAgent"
+	// ReasonInvalidHealthChecks: the agent refused spec.healthChecks before building
+	// (e.g. an HTTP URL off the host without allowRemote); stalled until they change.
+	ReasonInvalidHealthChecks = "InvalidHealthChecks"
 )
 
 // Event reasons of the Machine controller's agent identity duties.

@@ -17,6 +17,9 @@ type Metrics struct {
 	Applies           *prometheus.CounterVec
 	ApplyDuration     *prometheus.HistogramVec
 	LastApplied       *prometheus.GaugeVec
+	// HealthCheckFailures counts checks that did not pass after an activation (the
+	// agent rolled back), by configuration and check.
+	HealthCheckFailures *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -36,9 +39,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LastApplied: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "nio_last_applied_timestamp_seconds", Help: "When each configuration last applied successfully (Unix time).",
 		}, []string{"namespace", "name"}),
+		HealthCheckFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nio_health_check_failures_total", Help: "Health checks that did not pass after an activation (the host rolled back), by configuration and check.",
+		}, []string{"namespace", "configuration", "check"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied)
+		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied, m.HealthCheckFailures)
 	}
 	return m
 }
@@ -65,12 +71,30 @@ func (m *Metrics) observeApply(obj *nio.NixosConfiguration, res transport.ApplyR
 	}
 }
 
+// observeHealthFailures counts the checks of report that did not pass.
+func (m *Metrics) observeHealthFailures(obj *nio.NixosConfiguration, report *transport.HealthReport) {
+	if m == nil || report == nil || report.Passed {
+		return
+	}
+	counted := false
+	for _, c := range report.Results {
+		if !c.Passed {
+			m.HealthCheckFailures.WithLabelValues(obj.Namespace, obj.Name, c.Name).Inc()
+			counted = true
+		}
+	}
+	if !counted && report.FirstFailure != "" {
+		m.HealthCheckFailures.WithLabelValues(obj.Namespace, obj.Name, report.FirstFailure).Inc()
+	}
+}
+
 // forget drops a deleted configuration's series.
 func (m *Metrics) forget(obj *nio.NixosConfiguration) {
 	if m == nil {
 		return
 	}
 	m.LastApplied.DeleteLabelValues(obj.Namespace, obj.Name)
+	m.HealthCheckFailures.DeletePartialMatch(prometheus.Labels{"namespace": obj.Namespace, "configuration": obj.Name})
 }
 
 // RegisterSourceMetrics exposes the source cache's network counters and size.

@@ -158,6 +158,8 @@ type operation struct {
 	confirm time.Duration
 	// timeout bounds the operation on the host (spec.timeout).
 	timeout time.Duration
+	// health are the checks the host runs after activation (nil: none).
+	health *transport.HealthChecks
 }
 
 // operationTimeout is spec.timeout, or its default.
@@ -185,7 +187,7 @@ func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWrit
 	if action == "" {
 		action = string(nio.ActionSwitch)
 	}
-	op := operation{label: action, action: action, target: target, timeout: operationTimeout(obj)}
+	op := operation{label: action, action: action, target: target, timeout: operationTimeout(obj), health: healthChecksOf(obj, action)}
 	if rb := obj.Spec.Rollback; (rb.Enabled == nil || *rb.Enabled) && (action == string(nio.ActionSwitch) || action == string(nio.ActionTest)) {
 		op.confirm = rb.ConfirmTimeout.Duration
 		if op.confirm <= 0 {
@@ -198,8 +200,15 @@ func (r *NixosConfigurationReconciler) apply(ctx context.Context, sw *statusWrit
 	}
 	defer unlock()
 
+	var prevReady metav1.Condition
+	if c := readyCondition(obj.Status.Conditions); c != nil {
+		prevReady = *c
+	}
 	res, started, err := r.run(ctx, sw, obj, m, src, op)
 	if err != nil {
+		if refused := r.healthChecksRefused(obj, m, src.commit, err, prevReady); refused != nil {
+			return outcome.Success{}, refused
+		}
 		return outcome.Success{}, applyError(m, err)
 	}
 	return r.record(ctx, obj, m, src, op, res, started)
@@ -240,6 +249,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 			Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(archive.Data)), nil },
 		},
 		Secrets:        secrets,
+		HealthChecks:   op.health,
 		ConfirmTimeout: op.confirm,
 		Timeout:        op.timeout,
 		WaitMargin:     r.OperationWaitMargin,
@@ -273,7 +283,8 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 		}
 		err = nil
 	}
-	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) {
+	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) ||
+		errors.Is(err, transport.ErrHealthChecksNeedAgent) || errors.Is(err, transport.ErrInvalidHealthChecks) {
 		// The operation ended, or never started: the next pass starts a new one. Other
 		// errors (a stream lost for good) keep it, so the next pass attaches.
 		if op := obj.Status.CurrentOperation; op != nil && op.ID == cur.ID {
@@ -354,8 +365,15 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, obj *nio.Nixo
 		case res.TimedOut:
 			reason = ReasonTimeout
 		}
-		pushHistory(&obj.Status, entry)
 		msg := fmt.Sprintf("Applying revision %s to Machine %s failed (%s via %s): %s", rev, m.Name, entry.Result, res.Transport, res.Message)
+		if check, detail, ok := healthFailure(res); ok {
+			// The new system ran and was found unhealthy; the host went back to the
+			// previous generation, so appliedCommit stays.
+			reason, entry.Message = ReasonHealthCheckFailed, truncate(detail, 512)
+			msg = fmt.Sprintf("Revision %s failed health check %s on Machine %s (%s via %s): %s", rev, check, m.Name, entry.Result, res.Transport, detail)
+			r.Metrics.observeHealthFailures(obj, res.Health)
+		}
+		pushHistory(&obj.Status, entry)
 		setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionFalse, reason, msg)
 		log.FromContext(ctx).Info("apply failed", "revision", rev, "result", entry.Result, "message", res.Message)
 		wait, _ := r.decide(obj, m, src, false)
@@ -374,7 +392,7 @@ func (r *NixosConfigurationReconciler) record(ctx context.Context, obj *nio.Nixo
 	st.AppliedSourceDigest, st.AppliedSpecGeneration = src.archive.Digest, obj.Generation
 	st.AppliedSecretsDigest = src.secretsDigest
 	st.AppliedSystem, st.TargetMachine = res.StorePath, m.Name
-	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d)", rev, m.Name, res.Transport, res.Generation)
+	msg := fmt.Sprintf("Applied revision %s to Machine %s via %s (generation %d%s)", rev, m.Name, res.Transport, res.Generation, healthPassed(res))
 	setCondition(&st.Conditions, obj.Generation, nio.ConditionApplied, metav1.ConditionTrue, ReasonSucceeded, msg)
 	// The Machine controller copies what was applied into the Machine's status from
 	// this status (targetMachine names the Machine): one writer, and a failed write of

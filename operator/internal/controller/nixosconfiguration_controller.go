@@ -47,8 +47,8 @@ type NixosConfigurationReconciler struct {
 	// whichever is longer.
 	RetryBase time.Duration
 	// OperationWaitMargin is what the operator waits for an operation beyond its
-	// spec.timeout and confirm window, for the transfer and reconnects (default
-	// transport.DefaultWaitMargin).
+	// spec.timeout, health checks and confirm window, for the transfer and
+	// reconnects (default transport.DefaultWaitMargin).
 	OperationWaitMargin time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
@@ -147,6 +147,9 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 		}
 	}
 
+	if err := r.healthGate(obj, src, force); err != nil {
+		return outcome.Success{}, err
+	}
 	if wait, why := r.decide(obj, machine, src, force); why == "" {
 		if wait > 0 {
 			// The last apply of these inputs failed: its verdict stands until the retry.

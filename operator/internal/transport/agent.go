@@ -245,6 +245,12 @@ func (a *Agent) classify(op string, c *agentConn, err error) error {
 	if status.Code(err) == codes.Aborted {
 		return fmt.Errorf("agent %s %s: %w: %s", a.cfg.Address, op, ErrBusy, status.Convert(err).Message())
 	}
+	if status.Code(err) == codes.InvalidArgument {
+		// The agent may refuse the checks with the header, before the operation.
+		if invalid := asInvalidHealthChecks(status.Convert(err).Message()); invalid != nil {
+			return fmt.Errorf("agent %s %s: %w", a.cfg.Address, op, invalid)
+		}
+	}
 	return fmt.Errorf("agent %s %s: %w", a.cfg.Address, op, err)
 }
 
@@ -277,6 +283,7 @@ func (a *Agent) Status(ctx context.Context) (SystemStatus, error) {
 		AgentVersion:    resp.GetAgentVersion(),
 		Busy:            resp.GetBusy(),
 		LastOperationID: resp.GetLastOperation().GetOperationId(),
+		Features:        resp.GetFeatures(),
 	}
 	if resp.GetCertificateNotAfter() != nil {
 		st.CertificateNotAfter = resp.GetCertificateNotAfter().AsTime()

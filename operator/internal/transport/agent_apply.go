@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,10 +53,36 @@ type applyState struct {
 // recovery itself waits for nothing before serving. A recovered operation opens a
 // new confirm window, which OnAwaitingConfirm is called for again.
 //
-// With req.Timeout, Apply gives up after Timeout + ConfirmTimeout + WaitMargin with
-// an error wrapping ErrTimeout: a hung or silent agent cannot hold the caller.
+// With req.Timeout, Apply gives up after Timeout + the health checks' timeout +
+// ConfirmTimeout + WaitMargin with an error wrapping ErrTimeout: a hung or silent
+// agent cannot hold the caller.
+//
+// With req.HealthChecks, the agent's Status must list FeatureHealthChecks first: an
+// older agent would ignore the checks and activate unchecked, so it gets nothing
+// (ErrHealthChecksNeedAgent). A result that claims success without a passing health
+// report is Failed.
 func (a *Agent) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
-	return boundApply(ctx, req, func(ctx context.Context) (ApplyResult, error) { return a.apply(ctx, req) })
+	return boundApply(ctx, req, func(ctx context.Context) (ApplyResult, error) {
+		if req.HealthChecks != nil {
+			if err := a.requireHealthChecks(ctx); err != nil {
+				return ApplyResult{Transport: nio.TransportAgent}, err
+			}
+		}
+		return a.apply(ctx, req)
+	})
+}
+
+// requireHealthChecks asks the agent whether it runs health checks. Its errors are
+// Status's: an unreachable agent is ErrUnreachable, and nothing started.
+func (a *Agent) requireHealthChecks(ctx context.Context) error {
+	st, err := a.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(st.Features, FeatureHealthChecks) {
+		return RefuseHealthChecksOnOldAgent(a.cfg.Address, st.AgentVersion)
+	}
+	return nil
 }
 
 func (a *Agent) apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
@@ -155,6 +182,7 @@ func applyHeader(req ApplyRequest) (*agentv1.ApplyHeader, error) {
 	if req.Timeout > 0 {
 		h.OperationTimeout = durationpb.New(req.Timeout)
 	}
+	h.HealthChecks = healthChecksProto(req.HealthChecks)
 	return h, nil
 }
 
@@ -270,6 +298,20 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 				Generation: r.GetGeneration(),
 				StorePath:  r.GetStorePath(),
 				TimedOut:   r.GetTimedOut(),
+				Health:     healthReportOf(r.GetHealth()),
+			}
+			if st.req.HealthChecks != nil {
+				if invalid := asInvalidHealthChecks(out.Message); invalid != nil && out.Outcome == OutcomeFailed {
+					// Refused before anything was built: the same checks never pass.
+					return res, false, fmt.Errorf("agent %s apply %s: %w", a.cfg.Address, header.GetOperationId(), invalid)
+				}
+				if out.Outcome == OutcomeSucceeded && (out.Health == nil || !out.Health.Passed) {
+					// An agent that took the header but did not run the checks (or
+					// reports them failed and yet kept the system): never applied.
+					out.Outcome = OutcomeFailed
+					out.Message = "the agent reported success without a passing health report although health checks were sent; " +
+						"the new system may be active unchecked: upgrade nio-agent on the host"
+				}
 			}
 			if s := st.req.Secrets; s != nil && len(s.Files) > 0 && out.Outcome == OutcomeSucceeded && r.GetSecretsDigest() != s.Digest {
 				// An agent from before secret delivery ignores the manifest: the
@@ -344,6 +386,8 @@ func phaseOf(p agentv1.Phase) Phase {
 		return PhaseSettingProfile
 	case agentv1.Phase_PHASE_ACTIVATING:
 		return PhaseActivating
+	case agentv1.Phase_PHASE_HEALTH_CHECKING:
+		return PhaseHealthChecking
 	case agentv1.Phase_PHASE_AWAITING_CONFIRM:
 		return PhaseAwaitingConfirm
 	case agentv1.Phase_PHASE_ROLLING_BACK:

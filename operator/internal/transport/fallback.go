@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	nio "github.com/homystack/nio/api/v1alpha1"
 )
 
 // Fallback tries the agent first and SSH when the agent can't be reached: a dial or
@@ -29,7 +31,9 @@ func (f *Fallback) none() error {
 }
 
 // Apply runs the operation on the agent, or over SSH when the agent can't be
-// reached; ApplyResult.Transport says which ran.
+// reached; ApplyResult.Transport says which ran. A request with health checks never
+// goes over SSH, which cannot run them: it is refused (ErrHealthChecksNeedAgent)
+// before anything is uploaded, built or switched.
 func (f *Fallback) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
 	var agentErr error
 	if f.Agent != nil {
@@ -41,6 +45,9 @@ func (f *Fallback) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, er
 	}
 	if f.SSH == nil {
 		return ApplyResult{}, f.none()
+	}
+	if req.HealthChecks != nil {
+		return ApplyResult{Transport: nio.TransportSSH}, RefuseHealthChecksOverSSH(agentErr)
 	}
 	res, err := f.SSH.Apply(ctx, req)
 	if err != nil && agentErr != nil {

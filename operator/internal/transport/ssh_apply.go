@@ -63,6 +63,9 @@ var (
 // The agent enforces the deadline on the host itself, and never cuts an
 // activation; prefer it.
 //
+// A request with HealthChecks is refused (ErrHealthChecksNeedAgent): only the agent
+// runs them, and a configuration with checks is never applied unchecked.
+//
 // Once nixos-rebuild has ended, its outcome is never lost: when the system links
 // cannot be read afterwards (the switch restarted the network, the connection
 // dropped), the read is retried over new connections, and if it still fails the
@@ -74,6 +77,10 @@ func (s *SSH) Apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) 
 
 func (s *SSH) apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
 	res := ApplyResult{Transport: nio.TransportSSH}
+	if req.HealthChecks != nil {
+		// The Fallback refuses first; this is for any other caller.
+		return res, fmt.Errorf("ssh %s: %w: SSH cannot run them; nothing was applied", s.cfg.Host, ErrHealthChecksNeedAgent)
+	}
 	if err := validateApply(req); err != nil {
 		return res, err
 	}

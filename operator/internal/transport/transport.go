@@ -85,6 +85,7 @@ const (
 	PhaseBuilding        Phase = "Building"
 	PhaseSettingProfile  Phase = "SettingProfile"
 	PhaseActivating      Phase = "Activating"
+	PhaseHealthChecking  Phase = "HealthChecking"
 	PhaseAwaitingConfirm Phase = "AwaitingConfirm"
 	PhaseRollingBack     Phase = "RollingBack"
 	PhaseDone            Phase = "Done"
@@ -131,14 +132,20 @@ type ApplyRequest struct {
 	// ConfirmTimeout > 0 asks for magic rollback: after activation the host waits
 	// this long for Confirm and rolls back without it.
 	ConfirmTimeout time.Duration
+	// HealthChecks, when set, run on the host after activation and before the
+	// confirm window; one that does not pass rolls back (ApplyResult.Health says
+	// which). Only an agent listing FeatureHealthChecks takes them: any other way to
+	// the host refuses the request with ErrHealthChecksNeedAgent before it starts.
+	HealthChecks *HealthChecks
 	// Timeout > 0 bounds the operation on the host: the agent stops the build when it
 	// runs out and starts no activation after it (ApplyHeader.operation_timeout). The
-	// transport itself waits at most Timeout + ConfirmTimeout + WaitMargin and then
-	// returns an error wrapping ErrTimeout, so a hung or silent host cannot hold the
-	// caller; over SSH that wait is the only bound (see SSH.Apply).
+	// transport itself waits at most Timeout + the health checks' timeout +
+	// ConfirmTimeout + WaitMargin and then returns an error wrapping ErrTimeout, so a
+	// hung or silent host cannot hold the caller; over SSH that wait is the only
+	// bound (see SSH.Apply).
 	Timeout time.Duration
-	// WaitMargin is the transport's allowance beyond Timeout and ConfirmTimeout for
-	// the transfer and reconnects (default DefaultWaitMargin).
+	// WaitMargin is the transport's allowance beyond Timeout, the health checks and
+	// ConfirmTimeout for the transfer and reconnects (default DefaultWaitMargin).
 	WaitMargin time.Duration
 	// OnAwaitingConfirm is called when the host has activated the system and waits
 	// for Confirm. The caller confirms with Transport.Confirm, which opens a new
@@ -176,6 +183,10 @@ type ApplyResult struct {
 	SourceBytesSent int64
 	// TimedOut: the host ended the operation Failed because its Timeout ran out.
 	TimedOut bool
+	// Health is the outcome of the request's HealthChecks when they ran (the
+	// activation succeeded); nil otherwise. Not passed: the outcome is RolledBack
+	// (or Failed when the rollback failed too).
+	Health *HealthReport
 }
 
 // SystemStatus is what a host runs.
@@ -195,6 +206,9 @@ type SystemStatus struct {
 	Busy bool
 	// LastOperationID is the id of the running or last operation.
 	LastOperationID string
+	// Features are what the agent can do beyond the first protocol (e.g.
+	// FeatureHealthChecks); none over SSH.
+	Features []string
 }
 
 // ProbeResult says how a host can be reached.
@@ -256,17 +270,20 @@ var (
 // ReconnectTimeout is 2m), beyond the operation's own bounds.
 const DefaultWaitMargin = 5 * time.Minute
 
-// WaitBound is how long a transport waits for req: Timeout + ConfirmTimeout +
-// WaitMargin; 0 (no bound) without a Timeout.
+// WaitBound is how long a transport waits for req: Timeout + the health checks'
+// timeout + ConfirmTimeout + WaitMargin; 0 (no bound) without a Timeout.
 func (req ApplyRequest) WaitBound() time.Duration {
 	if req.Timeout <= 0 {
 		return 0
 	}
-	margin := req.WaitMargin
-	if margin <= 0 {
-		margin = DefaultWaitMargin
+	return req.Timeout + req.healthTimeout() + max(req.ConfirmTimeout, 0) + req.waitMargin()
+}
+
+func (req ApplyRequest) waitMargin() time.Duration {
+	if req.WaitMargin <= 0 {
+		return DefaultWaitMargin
 	}
-	return req.Timeout + max(req.ConfirmTimeout, 0) + margin
+	return req.WaitMargin
 }
 
 // boundApply runs apply under req's wait bound and turns running out of it into
@@ -276,7 +293,11 @@ func boundApply(ctx context.Context, req ApplyRequest, apply func(context.Contex
 	if bound <= 0 {
 		return apply(ctx)
 	}
-	cause := fmt.Errorf("%w after %s (timeout %s, confirm window %s, margin %s)", ErrTimeout, bound, req.Timeout, max(req.ConfirmTimeout, 0), bound-req.Timeout-max(req.ConfirmTimeout, 0))
+	var checks string
+	if h := req.healthTimeout(); h > 0 {
+		checks = fmt.Sprintf(", health checks %s", h)
+	}
+	cause := fmt.Errorf("%w after %s (timeout %s%s, confirm window %s, margin %s)", ErrTimeout, bound, req.Timeout, checks, max(req.ConfirmTimeout, 0), req.waitMargin())
 	bctx, cancel := context.WithTimeoutCause(ctx, bound, cause)
 	defer cancel()
 	res, err := apply(bctx)

@@ -54,13 +54,14 @@ func (f *Fleet) Host(name string) *Host {
 	h, ok := f.hosts[name]
 	if !ok {
 		h = &Host{name: name, AgentUp: true, SSHUp: true, FailCommits: map[string][]string{},
-			Fingerprint: "SHA256:fake-" + name, AgentVersion: "test"}
+			FailHealth: map[string]HealthFailure{}, Fingerprint: "SHA256:fake-" + name, AgentVersion: "test"}
 		f.hosts[name] = h
 	}
 	return h
 }
 
-// Open mimics the real factory: the SSH key Secret must exist when referenced.
+// Open mimics the real factory: the SSH key Secret must exist when referenced, and
+// a Machine with spec.agent.disabled has no agent way (whatever AgentUp says).
 func (f *Fleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 	f.mu.Lock()
 	f.opens[m.Name]++
@@ -70,7 +71,9 @@ func (f *Fleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 			return nil, err
 		}
 	}
-	return f.Host(m.Name), nil
+	h := f.Host(m.Name)
+	h.Set(func(h *Host) { h.agentDisabled = m.Spec.Agent.Disabled })
+	return h, nil
 }
 
 // AppliedOp is one Apply a Host received.
@@ -84,7 +87,18 @@ type AppliedOp struct {
 	Modes     map[string]int64
 	// Secrets is what the host's secrets directory was to hold (never in Files).
 	Secrets *transport.Secrets
-	Outcome transport.Outcome
+	// HealthChecks are the checks the request carried to the agent.
+	HealthChecks *transport.HealthChecks
+	Outcome      transport.Outcome
+	// Health is the report the host returned (nil: no checks ran).
+	Health *transport.HealthReport
+}
+
+// HealthFailure makes a commit's health checks fail on a host: Check is the check
+// that does not pass (named in the report even when the request lacks it), Message
+// what its last attempt saw.
+type HealthFailure struct {
+	Check, Message string
 }
 
 // Host is one Machine's stand-in. Tests change its fields through Set.
@@ -100,6 +114,16 @@ type Host struct {
 	SSHMismatch bool
 	// FailCommits are the commits whose build fails, with their error lines.
 	FailCommits map[string][]string
+	// FailHealth are the commits whose health checks fail after activation: the
+	// agent rolls back (RolledBack, with the report). Without checks in the request
+	// nothing is checked.
+	FailHealth map[string]HealthFailure
+	// NoHealthFeature is an agent too old to run health checks: its Status lists no
+	// features, and an Apply with checks is refused before anything starts.
+	NoHealthFeature bool
+	// InvalidHealth, when set, is why the agent refuses every request's health
+	// checks before building (ErrInvalidHealthChecks), e.g. a URL off the host.
+	InvalidHealth string
 	// Marker is the install marker (/var/lib/nio/installed).
 	Marker bool
 	// FactsReport is what nixos-facter prints (nil: not installed).
@@ -120,7 +144,10 @@ type Host struct {
 	// Timeouts are the ApplyRequest.Timeout of every Apply, in order.
 	Timeouts []time.Duration
 
-	applies []AppliedOp
+	// agentDisabled is the Machine's spec.agent.disabled at the last Open.
+	agentDisabled bool
+	applies       []AppliedOp
+	calls         int
 }
 
 // Set changes the stand-in under its lock.
@@ -129,6 +156,16 @@ func (h *Host) Set(f func(h *Host)) {
 	defer h.mu.Unlock()
 	f(h)
 }
+
+// Calls is how many times Apply was called, refused ones included.
+func (h *Host) Calls() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.calls
+}
+
+// agentOn says whether the agent answers (under the lock).
+func (h *Host) agentOn() bool { return h.AgentUp && !h.agentDisabled }
 
 // Ops are the Applies the stand-in received, in order.
 func (h *Host) Ops() []AppliedOp {
@@ -139,9 +176,27 @@ func (h *Host) Ops() []AppliedOp {
 
 func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
 	h.mu.Lock()
-	up, agent, block := h.AgentUp || h.SSHUp, h.AgentUp, h.Block
+	up, agent, block := h.agentOn() || h.SSHUp, h.agentOn(), h.Block
+	disabled, noHealth, invalid, version := h.agentDisabled, h.NoHealthFeature, h.InvalidHealth, h.AgentVersion
 	h.Timeouts = append(h.Timeouts, req.Timeout)
+	h.calls++
 	h.mu.Unlock()
+	if req.HealthChecks != nil {
+		// As the real transports do, before anything is sent: only an agent that
+		// runs checks gets a request with checks.
+		switch {
+		case !agent:
+			var agentErr error
+			if !disabled {
+				agentErr = fmt.Errorf("dial %s: %w", h.name, transport.ErrUnreachable)
+			}
+			return transport.ApplyResult{Transport: nio.TransportSSH}, transport.RefuseHealthChecksOverSSH(agentErr)
+		case noHealth:
+			return transport.ApplyResult{Transport: nio.TransportAgent}, transport.RefuseHealthChecksOnOldAgent(h.name, version)
+		case invalid != "":
+			return transport.ApplyResult{Transport: nio.TransportAgent}, fmt.Errorf("agent %s apply %s: %w: %s", h.name, req.OperationID, transport.ErrInvalidHealthChecks, invalid)
+		}
+	}
 	if !up {
 		return transport.ApplyResult{}, fmt.Errorf("dial %s: %w", h.name, transport.ErrUnreachable)
 	}
@@ -160,7 +215,8 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 			return transport.ApplyResult{}, ctx.Err()
 		}
 	}
-	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes, Secrets: req.Secrets}
+	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via,
+		Files: files, Modes: modes, Secrets: req.Secrets, HealthChecks: req.HealthChecks}
 	emit := func(line string) {
 		if req.OnEvent != nil {
 			req.OnEvent(transport.Event{Kind: transport.EventLog, Line: line, Time: time.Now()})
@@ -184,6 +240,21 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 		return res, nil
 	}
 	storePath := "/nix/store/" + hashOf(req.Commit + req.Source.Digest)[:32] + "-nixos-system-" + h.name
+	if req.HealthChecks != nil {
+		h.mu.Lock()
+		failure, unhealthy := h.FailHealth[req.Commit]
+		h.mu.Unlock()
+		res.Health = healthReport(req.HealthChecks, failure, unhealthy)
+		op.Health = res.Health
+		if unhealthy {
+			emit("health check " + failure.Check + " failed: " + failure.Message)
+			res.Outcome, res.Generation = transport.OutcomeRolledBack, h.gen()
+			res.Message = "health check " + failure.Check + " failed: " + failure.Message + "; rolled back to the previous generation"
+			op.Outcome = res.Outcome
+			h.record(op)
+			return res, nil
+		}
+	}
 	if req.ConfirmTimeout > 0 && via == nio.TransportAgent {
 		confirmErr := errors.New("no confirmation")
 		if req.OnAwaitingConfirm != nil {
@@ -207,6 +278,28 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 	return res, nil
 }
 
+// healthReport is what the agent reports for checks, failing failure.Check when
+// unhealthy.
+func healthReport(checks *transport.HealthChecks, failure HealthFailure, unhealthy bool) *transport.HealthReport {
+	r := &transport.HealthReport{Passed: !unhealthy}
+	named := false
+	for _, c := range checks.Checks {
+		res := transport.HealthCheckResult{Name: c.Name, Passed: true, Attempts: 1, Message: "passed"}
+		if unhealthy && c.Name == failure.Check {
+			res = transport.HealthCheckResult{Name: c.Name, Attempts: 3, Message: failure.Message}
+			named = true
+		}
+		r.Results = append(r.Results, res)
+	}
+	if unhealthy {
+		if !named {
+			r.Results = append(r.Results, transport.HealthCheckResult{Name: failure.Check, Attempts: 3, Message: failure.Message})
+		}
+		r.FirstFailure = failure.Check
+	}
+	return r
+}
+
 func (h *Host) gen() int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -222,11 +315,17 @@ func (h *Host) record(op AppliedOp) {
 func (h *Host) Status(context.Context) (transport.SystemStatus, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.AgentUp && !h.SSHUp {
+	if !h.agentOn() && !h.SSHUp {
 		return transport.SystemStatus{}, transport.ErrUnreachable
 	}
-	return transport.SystemStatus{CurrentSystem: h.Current, BootedSystem: h.Current, Generation: h.Generation,
-		AgentVersion: h.AgentVersion}, nil
+	st := transport.SystemStatus{Transport: nio.TransportSSH, CurrentSystem: h.Current, BootedSystem: h.Current, Generation: h.Generation}
+	if h.agentOn() {
+		st.Transport, st.AgentVersion = nio.TransportAgent, h.AgentVersion
+		if !h.NoHealthFeature {
+			st.Features = []string{transport.FeatureHealthChecks}
+		}
+	}
+	return st, nil
 }
 
 func (h *Host) Facts(context.Context) ([]byte, error) {
@@ -245,7 +344,7 @@ func (h *Host) Facts(context.Context) ([]byte, error) {
 func (h *Host) Confirm(context.Context, string) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.ConfirmFails || !h.AgentUp {
+	if h.ConfirmFails || !h.agentOn() {
 		return fmt.Errorf("confirm: %w", transport.ErrUnreachable)
 	}
 	return nil
@@ -254,10 +353,13 @@ func (h *Host) Confirm(context.Context, string) error {
 func (h *Host) Probe(context.Context) transport.ProbeResult {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	p := transport.ProbeResult{AgentReachable: h.AgentUp, SSHReachable: h.SSHUp}
-	if h.AgentUp {
+	p := transport.ProbeResult{AgentReachable: h.agentOn(), SSHReachable: h.SSHUp}
+	switch {
+	case h.agentOn():
 		p.AgentVersion = h.AgentVersion
-	} else {
+	case h.agentDisabled:
+		p.AgentError = errors.New("the agent is disabled")
+	default:
 		p.AgentError = fmt.Errorf("dial: %w", transport.ErrUnreachable)
 	}
 	switch {
