@@ -140,8 +140,8 @@ type ConfigurationTemplate struct {
 	// build's processes when it runs out and ends the operation Failed, the previous
 	// system still active; an activation that has begun is never interrupted (a
 	// half-activated system is worse than a late one) and is waited for. The
-	// operator waits at most timeout + rollback.confirmTimeout + a few minutes for
-	// transfer and reconnects, then records the operation Failed with reason
+	// operator waits at most timeout + healthChecks.timeout + rollback.confirmTimeout
+	// + a few minutes for transfer and reconnects, then records the operation Failed with reason
 	// Timeout, frees the Machine and retries with backoff. Over SSH the operator's
 	// wait is the only bound: it closes the session. The install (fullInstall) is
 	// bounded by the operator's --install-timeout instead.
