@@ -85,6 +85,8 @@ type AppliedOp struct {
 	// Secrets is what the host's secrets directory was to hold (never in Files).
 	Secrets *transport.Secrets
 	Outcome transport.Outcome
+	// Start is when Apply was called, End when it returned its outcome.
+	Start, End time.Time
 }
 
 // Host is one Machine's stand-in. Tests change its fields through Set.
@@ -138,6 +140,7 @@ func (h *Host) Ops() []AppliedOp {
 }
 
 func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
+	start := time.Now()
 	h.mu.Lock()
 	up, agent, block := h.AgentUp || h.SSHUp, h.AgentUp, h.Block
 	h.Timeouts = append(h.Timeouts, req.Timeout)
@@ -160,7 +163,7 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 			return transport.ApplyResult{}, ctx.Err()
 		}
 	}
-	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes, Secrets: req.Secrets}
+	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via, Files: files, Modes: modes, Secrets: req.Secrets, Start: start}
 	emit := func(line string) {
 		if req.OnEvent != nil {
 			req.OnEvent(transport.Event{Kind: transport.EventLog, Line: line, Time: time.Now()})
@@ -216,6 +219,7 @@ func (h *Host) gen() int64 {
 func (h *Host) record(op AppliedOp) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	op.End = time.Now()
 	h.applies = append(h.applies, op)
 }
 
