@@ -15,20 +15,35 @@
     };
   };
 
-  outputs = { self, nixpkgs, nio }: {
-    # flake: ".#worker" — the usage guide's worker-01, running nio-agent.
-    nixosConfigurations.worker = nixpkgs.lib.nixosSystem {
-      modules = [
-        nio.nixosModules.nio-agent
-        ./hosts/worker.nix
-      ];
-    };
+  outputs = { self, nixpkgs, nio }:
+    let
+      # The NixosFleet web (examples/fleet.yaml) names each Machine's system
+      # flake: ".#{hostname}": one system per host name, all from hosts/web.nix.
+      web = hostname: nixpkgs.lib.nixosSystem {
+        modules = [
+          nio.nixosModules.nio-agent
+          (import ./hosts/web.nix hostname)
+        ];
+      };
+    in
+    {
+      # flake: ".#worker" — the usage guide's worker-01, running nio-agent.
+      nixosConfigurations.worker = nixpkgs.lib.nixosSystem {
+        modules = [
+          nio.nixosModules.nio-agent
+          ./hosts/worker.nix
+        ];
+      };
 
-    # onRemoveFlake: ".#minimal" — what the host keeps running once its
-    # NixosConfiguration is deleted. onRemoveFlake: "hosts/minimal.nix" switches to
-    # the same system through the module file instead.
-    nixosConfigurations.minimal = nixpkgs.lib.nixosSystem {
-      modules = [ ./hosts/minimal.nix ];
+      # onRemoveFlake: ".#minimal" — what the host keeps running once its
+      # NixosConfiguration is deleted. onRemoveFlake: "hosts/minimal.nix" switches to
+      # the same system through the module file instead.
+      nixosConfigurations.minimal = nixpkgs.lib.nixosSystem {
+        modules = [ ./hosts/minimal.nix ];
+      };
+
+      nixosConfigurations.web-01 = web "web-01";
+      nixosConfigurations.web-02 = web "web-02";
+      nixosConfigurations.web-03 = web "web-03";
     };
-  };
 }

@@ -91,13 +91,18 @@ type flakeReport struct {
 	NixFeatures    [][]string       `json:"nixFeatures"`
 	StateVersion   []string         `json:"stateVersion"`
 	PostgreSQL     []bool           `json:"postgresql"`
+	// HostName values are strings, or lib.mkForce overrides ({_type, priority, content}).
+	HostName   []any            `json:"hostName"`
+	Nginx      []bool           `json:"nginx"`
+	NginxHosts []map[string]any `json:"nginxHosts"`
 }
 
 type flakeEvaluation struct {
-	Worker       flakeReport `json:"worker"`
-	Minimal      flakeReport `json:"minimal"`
-	MinimalFile  flakeReport `json:"minimalFile"`
-	AgentOptions []string    `json:"agentOptions"`
+	Worker       flakeReport            `json:"worker"`
+	Minimal      flakeReport            `json:"minimal"`
+	MinimalFile  flakeReport            `json:"minimalFile"`
+	Systems      map[string]flakeReport `json:"systems"`
+	AgentOptions []string               `json:"agentOptions"`
 }
 
 // evaluateFlake evaluates a copy of the example flake with real Nix (offline, with
@@ -215,4 +220,78 @@ func TestExampleFlake(t *testing.T) {
 	if len(ev.Minimal.PostgreSQL) != 0 {
 		t.Errorf(".#minimal picked up config/custom.nix: postgresql %v", ev.Minimal.PostgreSQL)
 	}
+}
+
+// TestExampleFlakeHasTheFleetsSystems: examples/fleet.yaml's NixosFleet names each
+// Machine's system with flake ".#{hostname}", so the example flake has a system for
+// every hostname its Machines have — the worker's (agent and nginx) under the host's
+// own name (a mkForce over common.nix's worker-01), whose default virtual host answers
+// the fleet's http check.
+func TestExampleFlakeHasTheFleetsSystems(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(env.Root, "examples", "fleet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostnames []string
+	flake := ""
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var obj struct {
+			Kind string `json:"kind"`
+			Spec struct {
+				Hostname string `json:"hostname"`
+				Template struct {
+					Flake string `json:"flake"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		switch obj.Kind {
+		case "Machine":
+			hostnames = append(hostnames, obj.Spec.Hostname)
+		case "NixosFleet":
+			flake = obj.Spec.Template.Flake
+		}
+	}
+	if flake != ".#{hostname}" || len(hostnames) != 3 {
+		t.Fatalf("examples/fleet.yaml: flake %q and Machines with hostnames %v; want .#{hostname} and three", flake, hostnames)
+	}
+
+	dir := t.TempDir()
+	copyDir(t, filepath.Join(env.Root, "examples", "flake"), dir)
+	ev := evaluateFlake(t, dir)
+	for _, h := range hostnames {
+		r, ok := ev.Systems[h]
+		if !ok {
+			t.Errorf("the example flake has no nixosConfigurations.%s for the fleet's Machine (systems: %v)", h, keysOf(ev.Systems))
+			continue
+		}
+		if len(r.Agent) != 1 || r.Agent[0]["enable"] != true || !slices.Equal(r.Nginx, []bool{true}) {
+			t.Errorf(".#%s: services.nio-agent %v, nginx %v; want the worker's agent and nginx", h, r.Agent, r.Nginx)
+		}
+		forced := false
+		for _, v := range r.HostName {
+			if o, ok := v.(map[string]any); ok && o["_type"] == "override" && o["content"] == h {
+				forced = true
+			}
+		}
+		if !forced {
+			t.Errorf(".#%s: networking.hostName values %v, want a mkForce of %q", h, r.HostName, h)
+		}
+		if len(r.NginxHosts) != 1 || r.NginxHosts[0][h] == nil {
+			t.Errorf(".#%s: nginx virtual hosts %v, want one named %s (the default, for the http check)", h, r.NginxHosts, h)
+		} else if vh, _ := r.NginxHosts[0][h].(map[string]any); vh["default"] != true {
+			t.Errorf(".#%s: virtual host %v is not the default server", h, vh)
+		}
+	}
+}
+
+func keysOf[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
 }

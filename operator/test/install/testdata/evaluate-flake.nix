@@ -15,7 +15,8 @@ let
     nixpkgs.lib.nixosSystem = args: args;
     nio.nixosModules.nio-agent = { nioAgentModule = true; };
   };
-  moduleArgs = { config = { }; lib = { }; pkgs = { }; options = { }; };
+  # lib.mkForce as nixpkgs' lib makes it: an override the report can recognise.
+  moduleArgs = { config = { }; lib.mkForce = content: { _type = "override"; priority = 50; inherit content; }; pkgs = { }; options = { }; };
   load = m: if builtins.isFunction m then m moduleArgs else m;
   # A module and the modules it imports, each as the attribute set it evaluates to.
   flatten = m:
@@ -38,11 +39,17 @@ let
       nixFeatures = values [ "nix" "settings" "experimental-features" ];
       stateVersion = values [ "system" "stateVersion" ];
       postgresql = values [ "services" "postgresql" "enable" ];
+      hostName = values [ "networking" "hostName" ];
+      nginx = values [ "services" "nginx" "enable" ];
+      nginxHosts = values [ "services" "nginx" "virtualHosts" ];
     };
+  reportSystem = s: report (builtins.concatMap flatten s.modules);
 in
 {
-  worker = report (builtins.concatMap flatten outputs.nixosConfigurations.worker.modules);
-  minimal = report (builtins.concatMap flatten outputs.nixosConfigurations.minimal.modules);
+  worker = reportSystem outputs.nixosConfigurations.worker;
+  minimal = reportSystem outputs.nixosConfigurations.minimal;
+  # Every system by its name, for the ones a NixosFleet's ".#{hostname}" names.
+  systems = builtins.mapAttrs (_: reportSystem) outputs.nixosConfigurations;
   # onRemoveFlake: "hosts/minimal.nix" evaluates the file alone, outside the flake.
   minimalFile = report (flatten (dir + "/hosts/minimal.nix"));
   agentOptions = builtins.attrNames (agentModule { config = { }; lib = stubLib; pkgs = { }; utils = { }; }).options.services.nio-agent;
