@@ -17,6 +17,15 @@ type Metrics struct {
 	Applies           *prometheus.CounterVec
 	ApplyDuration     *prometheus.HistogramVec
 	LastApplied       *prometheus.GaugeVec
+
+	// Fleets: rollouts begun and ended (by result: completed, reverted,
+	// superseded), each fleet's rollout phase (1 for the current one) and Machines by
+	// state (updated, failed, pending), and how long batches took.
+	FleetRolloutsStarted  prometheus.Counter
+	FleetRolloutsFinished *prometheus.CounterVec
+	FleetPhase            *prometheus.GaugeVec
+	FleetMachines         *prometheus.GaugeVec
+	FleetBatchDuration    *prometheus.HistogramVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -36,9 +45,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		LastApplied: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "nio_last_applied_timestamp_seconds", Help: "When each configuration last applied successfully (Unix time).",
 		}, []string{"namespace", "name"}),
+		FleetRolloutsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nio_fleet_rollouts_started_total", Help: "Rollouts of a NixosFleet revision begun.",
+		}),
+		FleetRolloutsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nio_fleet_rollouts_finished_total", Help: "Rollouts of a NixosFleet revision ended, by result (completed, reverted, superseded).",
+		}, []string{"result"}),
+		FleetPhase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nio_fleet_rollout_phase", Help: "Each fleet's rollout phase: 1 for the current phase, 0 for the others.",
+		}, []string{"namespace", "name", "phase"}),
+		FleetMachines: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nio_fleet_machines", Help: "Machines of each fleet by state against its revision: updated, failed, pending.",
+		}, []string{"namespace", "name", "state"}),
+		FleetBatchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nio_fleet_batch_duration_seconds", Help: "Duration of rollout batches, from their start to their success or failure, by result.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied)
+		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied,
+			m.FleetRolloutsStarted, m.FleetRolloutsFinished, m.FleetPhase, m.FleetMachines, m.FleetBatchDuration)
 	}
 	return m
 }
@@ -71,6 +97,15 @@ func (m *Metrics) forget(obj *nio.NixosConfiguration) {
 		return
 	}
 	m.LastApplied.DeleteLabelValues(obj.Namespace, obj.Name)
+}
+
+// forgetFleet drops a deleted fleet's series.
+func (m *Metrics) forgetFleet(namespace, name string) {
+	if m == nil {
+		return
+	}
+	m.FleetPhase.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+	m.FleetMachines.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }
 
 // RegisterSourceMetrics exposes the source cache's network counters and size.
