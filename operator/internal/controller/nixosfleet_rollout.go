@@ -69,8 +69,10 @@ type fleetMember struct {
 	// Updated: the Machine runs the configuration's current spec (applied,
 	// confirmed, Ready, nothing in flight).
 	Updated bool
-	// Failed: the configuration's current spec failed on the Machine; Message says how.
-	Failed  bool
+	// Failed: the configuration's current spec failed on the Machine.
+	Failed bool
+	// Message is the configuration's Ready reason and message when it failed, or is
+	// not Ready (why it is not done).
 	Message string
 	// Ready: the configuration is Ready (on any revision).
 	Ready bool
@@ -353,6 +355,15 @@ func (p *planner) fill(cur *nio.BatchStatus) bool {
 	cur.Updated, cur.Failed = int32(updated), int32(failed)
 	if moved == int(cur.Size) && updated == moved {
 		return true
+	}
+	var stuck []fleetMember
+	for _, m := range p.members {
+		if m.OnTarget && m.Batch == cur.Name && !m.Updated && !m.Failed && m.Message != "" {
+			stuck = append(stuck, m)
+		}
+	}
+	if len(stuck) > 0 {
+		blocked += "; not done: " + describe(stuck)
 	}
 	msg := fmt.Sprintf("Batch %s of revision %s (%s): %d of %d Machine(s) updated, %d applying%s",
 		cur.Name, in.revision, in.display, updated, cur.Size, moved-updated-failed, blocked)
