@@ -56,6 +56,9 @@ type Host struct {
 	anchor *Process // sshd: its namespaces are the host's
 	agent  *Supervisor
 	env    *Env
+	// cleanup undoes what StartHost did for this host (Close), run at the latest
+	// with the run's cleanup.
+	cleanup *Cleanup
 }
 
 // HostOptions shape the demo host.
@@ -81,7 +84,8 @@ func StartHost(ctx context.Context, e *Env, o HostOptions) (*Host, error) {
 	if os.Geteuid() != 0 {
 		return nil, errNotRoot
 	}
-	h := &Host{Dir: e.Path(o.Name), env: e}
+	h := &Host{Dir: e.Path(o.Name), env: e, cleanup: &Cleanup{}}
+	e.Cleanup.Add("demo host "+o.Name, h.Close)
 	for _, d := range []string{"bin", "profiles", "var-lib/nio-agent", "var-lib/nio", "etc", "log"} {
 		if err := os.MkdirAll(h.path(d), 0o755); err != nil {
 			return nil, err
@@ -108,9 +112,11 @@ func StartHost(ctx context.Context, e *Env, o HostOptions) (*Host, error) {
 	if err := os.MkdirAll(e.Path("hosts"), 0o755); err != nil {
 		return nil, err
 	}
-	if err := os.Symlink(h.Dir, e.Path("hosts", h.Address)); err != nil {
+	link := e.Path("hosts", h.Address)
+	if err := os.Symlink(h.Dir, link); err != nil {
 		return nil, err
 	}
+	h.cleanup.Add("demo host link "+link, func() error { return os.Remove(link) })
 
 	path := h.path("bin") + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	hostEnv := map[string]string{
@@ -154,9 +160,14 @@ func StartHost(ctx context.Context, e *Env, o HostOptions) (*Host, error) {
 		ready:   "nio-agent listening",
 		timeout: 30 * time.Second,
 	})
-	e.Cleanup.Add("demo host agent", func() error { h.agent.close(); return nil })
+	h.cleanup.Add("demo host agent", func() error { h.agent.close(); return nil })
 	return h, nil
 }
+
+// Close stops the host before the run ends: its agent and sshd, and whatever else
+// runs in its network namespace, which is deleted. Its directory (logs) stays until
+// the run's cleanup. Closing twice does nothing.
+func (h *Host) Close() error { return h.cleanup.Run() }
 
 // sshdConfig is the host's sshd_config: root logs in with the operator's key only, and
 // every session gets env (PATH with the stand-ins first, Nix settings).
@@ -291,7 +302,7 @@ func newHostKeys(operatorKeyPath string) (hostKeys, error) {
 
 // createNamespace makes the demo host's network namespace (see createNetns).
 func (h *Host) createNamespace() (err error) {
-	h.netns, h.Address, err = createNetns(h.env, func() {
+	h.netns, h.Address, err = createNetns(h.cleanup, func() {
 		if h.anchor != nil {
 			h.anchor.Kill()
 		}
@@ -300,10 +311,10 @@ func (h *Host) createNamespace() (err error) {
 }
 
 // createNetns makes a network namespace and a veth pair on a random /30 of
-// 10.234.0.0/16: .1 on the machine's side, .2 (the returned address) inside. Cleanup
-// runs beforeDelete (if set), kills whatever still runs in the namespace and deletes
-// it, which removes the veth pair.
-func createNetns(e *Env, beforeDelete func()) (name, address string, err error) {
+// 10.234.0.0/16: .1 on the machine's side, .2 (the returned address) inside. A step
+// on cleanup runs beforeDelete (if set), kills whatever still runs in the namespace
+// and deletes it, which removes the veth pair.
+func createNetns(cleanup *Cleanup, beforeDelete func()) (name, address string, err error) {
 	n, err := rand.Int(rand.Reader, big.NewInt(1<<14))
 	if err != nil {
 		return "", "", err
@@ -321,7 +332,7 @@ func createNetns(e *Env, beforeDelete func()) (name, address string, err error) 
 	if err := run("ip", "netns", "add", name); err != nil {
 		return "", "", err
 	}
-	e.Cleanup.Add("network namespace "+name, func() error {
+	cleanup.Add("network namespace "+name, func() error {
 		if beforeDelete != nil {
 			beforeDelete()
 		}

@@ -108,7 +108,7 @@ func StartSystemdHost(ctx context.Context, e *Env, o SystemdHostOptions) (*Syste
 		return nil, err
 	}
 	var err error
-	h.netns, h.Address, err = createNetns(e, nil)
+	h.netns, h.Address, err = createNetns(e.Cleanup, nil)
 	if err != nil {
 		return nil, err
 	}
