@@ -21,6 +21,7 @@ type GitServer struct {
 	Token string
 
 	repo *gittest.WorkRepo
+	srv  *gittest.Server
 	env  *Env
 }
 
@@ -36,6 +37,7 @@ func StartGitServer(e *Env) (*GitServer, error) {
 		return nil, err
 	}
 	e.Cleanup.Add("git server", func() error { srv.Close(); return nil })
+	g.srv = srv
 	if g.repo, err = srv.CreateWorkRepo(RepoName); err != nil {
 		return nil, err
 	}
@@ -67,3 +69,14 @@ func (g *GitServer) CommitFixtureFiles(fixture string, vars, files map[string]st
 
 // Head is the commit main points at on the server.
 func (g *GitServer) Head() (string, error) { return g.repo.Head() }
+
+// NewRepo creates another repository named name on the same server, with the same
+// token (the guide's git-credentials Secret reads it): commits to it reach only the
+// configurations that name it, not the guide's.
+func (g *GitServer) NewRepo(name string) (*GitServer, error) {
+	repo, err := g.srv.CreateWorkRepo(name)
+	if err != nil {
+		return nil, err
+	}
+	return &GitServer{RepoURL: repo.URL, Token: g.Token, repo: repo, srv: g.srv, env: g.env}, nil
+}

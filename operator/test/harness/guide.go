@@ -121,8 +121,13 @@ func (s *Stack) WaitApplied(ctx context.Context, commit string) error {
 
 // WaitMachine waits until cond holds for the guide's Machine.
 func (s *Stack) WaitMachine(ctx context.Context, what string, timeout time.Duration, cond func(*nio.Machine) (bool, string)) error {
-	return WaitFor(ctx, "Machine "+GuideMachine+": "+what, timeout, func() (bool, string, error) {
-		m, err := s.Control.Machine(ctx, GuideNamespace, GuideMachine)
+	return s.WaitMachineNamed(ctx, GuideMachine, what, timeout, cond)
+}
+
+// WaitMachineNamed waits until cond holds for the Machine name of the guide's namespace.
+func (s *Stack) WaitMachineNamed(ctx context.Context, name, what string, timeout time.Duration, cond func(*nio.Machine) (bool, string)) error {
+	return WaitFor(ctx, "Machine "+name+": "+what, timeout, func() (bool, string, error) {
+		m, err := s.Control.Machine(ctx, GuideNamespace, name)
 		if err != nil {
 			return false, err.Error(), nil
 		}
