@@ -75,6 +75,11 @@ type Round struct {
 	CPUSeconds map[string]float64 `json:"cpuSeconds"`
 	// WallSeconds is T0 → the end of the round, for comparing with CPUSeconds.
 	WallSeconds float64 `json:"wallSeconds"`
+	// Fleet is a fleet round's batches and floor (rollout.go).
+	Fleet *FleetRollout `json:"fleet,omitempty"`
+
+	// doneAt is, per object, its convergence time (seconds since T0).
+	doneAt map[string]float64
 }
 
 // fleetTree is the repository's content at version v: a small flake-like tree (the
@@ -131,8 +136,9 @@ func (f *fleetSim) stats(ctx context.Context) (map[string]machineStats, error) {
 func machineName(i int) string { return fmt.Sprintf("sim-%04d", i) }
 
 // runFleet runs the fleet benchmark at one size: setup and first apply, a push of a
-// changed commit through the webhook, a webhook without a new commit, and a forced
-// re-apply of the unchanged source.
+// changed commit through the webhook, a webhook without a new commit, a forced
+// re-apply of the unchanged source, and then the same Machines in one NixosFleet: its
+// first rollout and the rollout of a pushed commit, in batches (rollout.go).
 func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) {
 	res = FleetResult{Machines: o.machines, BuildTimeSeconds: o.buildTime.Seconds(), Concurrency: o.concurrency, ProbeInterval: o.probeInterval.String()}
 	setupStart := time.Now()
@@ -273,6 +279,10 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	if err != nil {
 		return res, err
 	}
+	// Rounds "fleet-adopt" and "fleet-rollout": the same Machines in one NixosFleet.
+	if err := runFleetRounds(ctx, st, git, sim, o, repo, commit2, &res); err != nil {
+		return res, err
+	}
 	res.Operator = st.usage()
 	if u, err := readProc(sim.p.pid()); err == nil {
 		res.FleetSimPeakRSS = u.PeakRSSMiB
@@ -292,7 +302,8 @@ func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, rep
 		}
 		p, _ := strconv.Atoi(port)
 		m := &nio.Machine{
-			ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: name},
+			// The label is what the fleet rounds' NixosFleet selects.
+			ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: name, Labels: map[string]string{fleetSelectorLabel: "true"}},
 			Spec:       nio.MachineSpec{Hostname: name, IPAddress: host, Agent: nio.AgentSpec{Port: int32(p)}},
 		}
 		if err := c.Create(ctx, m); err != nil {

@@ -8,7 +8,10 @@
 // Machine runs commit 1, commit 2 is pushed and the signed generic webhook POSTed;
 // the benchmark measures until every Machine's status.appliedCommit is commit 2.
 // Then the webhook fires again without a new commit, and every configuration is
-// forced (requestedAt) with an unchanged source digest.
+// forced (requestedAt) with an unchanged source digest. Last, the configurations are
+// deleted and the same Machines put into one NixosFleet (batches of 10%, a command
+// health check): its first rollout, then a pushed commit rolled out batch by batch,
+// each batch timed against its floor (rollout.go).
 //
 // NIO-vs-direct benchmark: one real nio-agent with real Nix builds and switches a
 // fixture flake whose build does a fixed amount of CPU work, through the operator

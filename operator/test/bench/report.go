@@ -68,6 +68,11 @@ func printReport(w io.Writer, res Results, out, png string) {
 			fmt.Fprintf(w, "  %-18s %8.2f %8.2f %8.2f %10s %8d %6d %6d %12d %9.1f %8.1f\n", rd.Name, rd.Converge.P50, rd.Converge.P95, rd.TotalSeconds,
 				first, rd.ApplyHeaders, rd.Git.LsRemotes, rd.Git.Fetches, rd.SourceBytes, rd.APIRequestsPerApply, rd.OperatorCPUSeconds)
 		}
+		for _, rd := range r.Rounds {
+			if rd.Fleet != nil {
+				printFleetRound(w, r, rd)
+			}
+		}
 	}
 	if n := res.Nix; n != nil {
 		fmt.Fprintf(w, "\nNIO vs direct (real Nix, fixture build hashing %d MiB): ", n.WorkMiB)
@@ -87,6 +92,23 @@ func printReport(w io.Writer, res Results, out, png string) {
 		fmt.Fprintf(w, "  %-6s %-40s goal %-32s measured %s\n", mark, t.Name, t.Goal, t.Measured)
 	}
 	fmt.Fprintf(w, "\nresults: %s\nplot:    %s\n", out, png)
+}
+
+// printFleetRound prints a fleet round's batches against their floor:
+// ceil(size / concurrency) × build time + health check time each.
+func printFleetRound(w io.Writer, r FleetResult, rd Round) {
+	f := rd.Fleet
+	fmt.Fprintf(w, "  %s: %d batches, rollout %s with %d updated; floor per batch ceil(size/%d) × %.1f s + health check %.4f s\n",
+		rd.Name, len(f.Batches), f.Phase, f.Updated, r.Concurrency, r.BuildTimeSeconds, f.HealthCheckSeconds)
+	fmt.Fprintf(w, "    %-8s %6s %9s %9s %8s %8s %8s\n", "batch", "size", "start s", "end s", "took s", "floor s", "gap s")
+	for _, b := range f.Batches {
+		fmt.Fprintf(w, "    %-8s %6d %9.2f %9.2f %8.2f %8.2f %8.2f\n", b.Name, b.Size, b.Start, b.End, b.Seconds, b.FloorSeconds, b.GapSeconds)
+	}
+	ratio := 0.0
+	if f.FloorSeconds > 0 {
+		ratio = rd.TotalSeconds / f.FloorSeconds
+	}
+	fmt.Fprintf(w, "    total %.2f s, floor %.2f s (%.2f× the floor); the fleet said Completed at %.2f s\n", rd.TotalSeconds, f.FloorSeconds, ratio, f.CompletedSeconds)
 }
 
 func secs(v []float64) string {

@@ -51,8 +51,10 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 	res := <-out
 	r.WallSeconds, r.CPUSeconds = time.Since(t0).Seconds(), cpuDelta(c0, childCPU())
 	durations := make([]float64, 0, len(res.at))
-	for _, at := range res.at {
+	r.doneAt = make(map[string]float64, len(res.at))
+	for name, at := range res.at {
 		durations = append(durations, at.Sub(t0).Seconds())
+		r.doneAt[name] = at.Sub(t0).Seconds()
 	}
 	r.Converge = spread(durations)
 	r.TotalSeconds = r.Converge.Max
