@@ -2,7 +2,9 @@ package apischema
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 )
@@ -89,5 +92,32 @@ func TestFleetExampleAppliesWithDefaults(t *testing.T) {
 		if !strings.Contains(out, col) {
 			t.Errorf("kubectl get nixfleet does not show %s:\n%s", col, out)
 		}
+	}
+}
+
+// TestReadmeFleetManifestIsAccepted: the README's NixosFleet reference manifest — every
+// strategy field set — is one the API server accepts.
+func TestReadmeFleetManifestIsAccepted(t *testing.T) {
+	readme := string(readFile(t, "README.md"))
+	start := strings.Index(readme, "\n### NixosFleet (`nixfleet`)\n")
+	if start < 0 {
+		t.Fatal("README.md has no section ### NixosFleet (`nixfleet`)")
+	}
+	m := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindStringSubmatch(readme[start:])
+	if m == nil {
+		t.Fatal("the README's NixosFleet section has no yaml block")
+	}
+	path := filepath.Join(t.TempDir(), "fleet.yaml")
+	if err := os.WriteFile(path, []byte(m[1]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := kubectl(t, "create", "--dry-run=server", "-n", newNamespace(t), "-o", "yaml", "-f", path)
+	var f nio.NixosFleet
+	if err := yaml.Unmarshal([]byte(out), &f); err != nil {
+		t.Fatal(err)
+	}
+	s := f.Spec.Strategy
+	if s.MaxUnavailable == nil || s.PauseBetweenBatches == nil || s.Promotion != nio.PromotionAutomatic || s.OnFailure != nio.FailureRevert {
+		t.Errorf("the README's strategy read back as %+v", s)
 	}
 }

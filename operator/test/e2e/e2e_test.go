@@ -5,7 +5,7 @@
 // ServiceAccount, the demo host (real sshd and real nio-agent with real Nix in a
 // network and mount namespace of their own) and git http-backend with token auth —
 // see package harness. One stack is shared by the package (TestMain); the tests build
-// on one another in the order of their files (step1_… to step7_…), and each first
+// on one another in the order of their files (step1_… to step8_…), and each first
 // makes sure the guide's walk-through has run, so any one of them can run alone.
 //
 // Run with `make e2e` (as root: the demo host's namespaces), or
