@@ -282,21 +282,23 @@ func (p *planner) progress() {
 			p.hold(what)
 			return
 		}
+		// After a successful step: pauseBetweenBatches, then (Manual) the promote.
 		if cur != nil && cur.Phase == batchSucceeded && !reopened {
+			if pause := in.strategy.pause; pause > 0 && cur.FinishTime != nil {
+				if wait := cur.FinishTime.Add(pause).Sub(in.now); wait > 0 {
+					msg := fmt.Sprintf("Batch %s succeeded; the next batch of revision %s may start at %s (pauseBetweenBatches %s)",
+						cur.Name, in.revision, cur.FinishTime.Add(pause).UTC().Format(time.RFC3339), pause)
+					p.setPhase(nio.RolloutProgressing, ReasonPauseBetweenBatches, msg)
+					p.verdict(verdictWaiting, ReasonPauseBetweenBatches, msg, wait)
+					return
+				}
+			}
 			if in.strategy.manual {
 				if !p.newPromote {
 					p.awaitPromotion(cur, len(pending))
 					return
 				}
 				p.promoted("the next batch starts")
-			} else if pause := in.strategy.pause; pause > 0 && cur.FinishTime != nil {
-				if wait := cur.FinishTime.Add(pause).Sub(in.now); wait > 0 {
-					msg := fmt.Sprintf("Batch %s succeeded; the next batch of revision %s starts at %s (pauseBetweenBatches %s)",
-						cur.Name, in.revision, cur.FinishTime.Add(pause).UTC().Format(time.RFC3339), pause)
-					p.setPhase(nio.RolloutProgressing, ReasonPauseBetweenBatches, msg)
-					p.verdict(verdictWaiting, ReasonPauseBetweenBatches, msg, wait)
-					return
-				}
 			}
 		}
 		if reopened {
