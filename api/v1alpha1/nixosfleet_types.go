@@ -154,7 +154,8 @@ type RolloutStrategy struct {
 	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
 
 	// PauseBetweenBatches is how long the rollout waits after a batch succeeded
-	// before the next one starts.
+	// before the next one starts (with promotion Manual, the promote is acted on
+	// once the pause is over).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 	// +optional

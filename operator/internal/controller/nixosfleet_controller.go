@@ -217,10 +217,13 @@ func (r *NixosFleetReconciler) resolve(ctx context.Context, fleet *nio.NixosFlee
 	return commit, nil
 }
 
-// children lists the fleet's own configurations (from the cache).
+// children lists the fleet's own configurations (from the cache, not copied: a pass
+// runs on every status change of every configuration of the fleet; move and revert
+// write copies).
 func (r *NixosFleetReconciler) children(ctx context.Context, fleet *nio.NixosFleet) ([]nio.NixosConfiguration, error) {
 	var list nio.NixosConfigurationList
-	if err := r.List(ctx, &list, client.InNamespace(fleet.Namespace), client.MatchingFields{indexFleetOwner: fleet.Name}); err != nil {
+	if err := r.List(ctx, &list, client.InNamespace(fleet.Namespace), client.MatchingFields{indexFleetOwner: fleet.Name},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list the fleet's configurations: %w", err)
 	}
 	out := list.Items[:0]
@@ -253,7 +256,8 @@ func (r *NixosFleetReconciler) move(ctx context.Context, fleet *nio.NixosFleet, 
 		r.expect.expect(key, c, false, r.now())
 		return nil
 	}
-	patch := client.MergeFrom(child.DeepCopy())
+	patch := client.MergeFrom(child)
+	child = child.DeepCopy()
 	if cur := child.Annotations[nio.FleetRevisionAnnotation]; cur != "" && cur != revision && childUpdated(child) {
 		data, err := json.Marshal(fleetPrevious{Revision: cur, Spec: child.Spec})
 		if err != nil {
@@ -280,13 +284,18 @@ func (r *NixosFleetReconciler) move(ctx context.Context, fleet *nio.NixosFleet, 
 
 // revert gives a configuration back the spec and revision it had before.
 func (r *NixosFleetReconciler) revert(ctx context.Context, fleet *nio.NixosFleet, child *nio.NixosConfiguration) error {
-	prev := previousOf(child)
-	if child == nil || prev == nil {
+	if child == nil {
 		return nil
 	}
-	patch := client.MergeFrom(child.DeepCopy())
+	prev := previousOf(child)
+	if prev == nil {
+		return nil
+	}
+	patch := client.MergeFrom(child)
+	machine := child.Spec.MachineRef
+	child = child.DeepCopy()
 	child.Spec = prev.Spec
-	child.Spec.MachineRef = nio.LocalObjectReference{Name: child.Spec.MachineRef.Name}
+	child.Spec.MachineRef = machine
 	metav1.SetMetaDataAnnotation(&child.ObjectMeta, nio.FleetRevisionAnnotation, prev.Revision)
 	metav1.SetMetaDataAnnotation(&child.ObjectMeta, nio.FleetBatchAnnotation, batchRevert)
 	if err := r.Patch(ctx, child, patch); err != nil {

@@ -208,6 +208,7 @@ func TestFleetRollouts(t *testing.T) {
 		{"a Machine held by another configuration is left alone", fleetForeignConfiguration},
 		{"spec.paused holds a rollout until cleared", fleetSpecPaused},
 		{"manual promotion waits for the annotation", fleetManualPromotion},
+		{"what the API server can't refuse stalls, and a Machine watch resumes it", fleetStalls},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, newFleetFixture(t)) })
 	}
@@ -607,4 +608,62 @@ func fleetManualPromotion(t *testing.T, f *fleetFixture) {
 	if fl.Status.Rollout.LastHandledPromote != "1" {
 		t.Errorf("lastHandledPromote %q", fl.Status.Rollout.LastHandledPromote)
 	}
+}
+
+func fleetStalls(t *testing.T, f *fleetFixture) {
+	first := f.commit("1")
+	stalled := func(fleet, reason, says string) {
+		t.Helper()
+		f.waitFleet(fleet, fleet+" stalled "+reason, func(fl *nio.NixosFleet) error {
+			st := condition(fl.Status.Conditions, nio.ConditionStalled)
+			ready := condition(fl.Status.Conditions, nio.ConditionReady)
+			if st == nil || st.Reason != reason || !strings.Contains(st.Message, says) || ready == nil || ready.Status != metav1.ConditionFalse ||
+				fl.Status.ObservedGeneration != fl.Generation {
+				return fmt.Errorf("not stalled %s saying %q", reason, says)
+			}
+			return nil
+		})
+	}
+	selecting := func(role string) func(*nio.NixosFleet) {
+		return func(fl *nio.NixosFleet) { fl.Spec.MachineSelector.MatchLabels = map[string]string{"role": role} }
+	}
+	f.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "wrong-token", Namespace: f.ns}, Data: map[string][]byte{"token": []byte("nope")}})
+	f.machines(map[string]string{"role": "auth"}, "auth-01")
+	f.machines(map[string]string{"role": "canary"}, "canary-01", "canary-02")
+	f.machines(map[string]string{"role": "dash"}, "dash-01")
+	f.create(
+		f.fleet("auth", selecting("auth"), func(fl *nio.NixosFleet) { fl.Spec.Template.CredentialsRef.Name = "wrong-token" }),
+		f.fleet("canary", selecting("canary"), func(fl *nio.NixosFleet) { fl.Spec.Strategy.Canary = 3 }),
+		f.fleet("empty", selecting("nobody")),
+		f.fleet("dash", selecting("dash"), func(fl *nio.NixosFleet) { fl.Spec.Template.Flake = ".#-{name}" }),
+	)
+	stalled("auth", ReasonAuthFailed, "")
+	stalled("canary", ReasonCanaryExceedsFleet, "canary is 3 but the fleet has 2")
+	stalled("empty", ReasonNoMachines, "matches no Machine")
+	stalled("dash", ReasonNoMachines, "none of the 1 selected")
+	if fl := getFleet(t, f.ns, "dash"); len(fl.Status.Excluded) != 1 || fl.Status.Excluded[0].Reason != ReasonInvalidFlake ||
+		!strings.Contains(fl.Status.Excluded[0].Message, `".#-dash-01"`) || fl.Status.Selected != 1 {
+		t.Errorf("dash: excluded %+v", fl.Status.Excluded)
+	}
+	f.waitEvent("canary", corev1.EventTypeWarning, ReasonCanaryExceedsFleet)
+	for _, name := range []string{"auth-01", "canary-01", "dash-01"} {
+		if ops := f.hosts.Host(name).Ops(); len(ops) != 0 {
+			t.Errorf("%s was applied to by a stalled fleet: %+v", name, ops)
+		}
+	}
+	// A third Machine makes the canary fit; one for the empty fleet gives it work.
+	f.machines(map[string]string{"role": "canary"}, "canary-03")
+	f.machines(map[string]string{"role": "nobody"}, "lonely-01")
+	f.waitFleet("canary", "the canary fleet, grown", rolledOut(first, 3))
+	f.waitFleet("empty", "the empty fleet, given a Machine", rolledOut(first, 1))
+	// The right credentials: the Secret watch resumes the fleet.
+	sec := &corev1.Secret{}
+	if err := env.Client.Get(context.Background(), types.NamespacedName{Namespace: f.ns, Name: "wrong-token"}, sec); err != nil {
+		t.Fatal(err)
+	}
+	sec.Data["token"] = []byte(testToken)
+	if err := env.Client.Update(context.Background(), sec); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFleet("auth", "the fleet with fixed credentials", rolledOut(first, 1))
 }

@@ -206,7 +206,10 @@ func (r *NixosFleetReconciler) view(ctx context.Context, fleet *nio.NixosFleet, 
 		return nil, outcome.Stalled(ReasonInvalidConfig, "machineSelector: %v", err)
 	}
 	var list nio.MachineList
-	if err := r.List(ctx, &list, client.InNamespace(fleet.Namespace), client.MatchingLabelsSelector{Selector: sel}); err != nil {
+	// Not copied (read only): a pass runs on every status change of the fleet's
+	// configurations.
+	if err := r.List(ctx, &list, client.InNamespace(fleet.Namespace), client.MatchingLabelsSelector{Selector: sel},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list Machines: %w", err)
 	}
 	sort.Slice(list.Items, func(i, j int) bool { return list.Items[i].Name < list.Items[j].Name })

@@ -478,6 +478,21 @@ func TestPlannerPauseBetweenBatches(t *testing.T) {
 	s.expectMoves(s.plan(), "2:b")
 }
 
+func TestPlannerManualPromotionAfterThePause(t *testing.T) {
+	s := newSim(t, nio.RolloutStrategy{Batches: sizes(1), Promotion: nio.PromotionManual,
+		PauseBetweenBatches: &metav1.Duration{Duration: time.Minute}}, "a", "b")
+	s.plan()
+	s.done("a")
+	s.in.promote = "early" // during the pause: kept for when it ends
+	s.expectPhase(s.plan(), nio.RolloutProgressing, ReasonPauseBetweenBatches)
+	s.now = s.now.Add(time.Minute)
+	p := s.plan()
+	s.expectMoves(p, "2:b")
+	if p.rollout.LastHandledPromote != "early" {
+		t.Errorf("lastHandledPromote %q", p.rollout.LastHandledPromote)
+	}
+}
+
 func TestPlannerMachinesJoiningACompletedRolloutGoInBatches(t *testing.T) {
 	s := newSim(t, nio.RolloutStrategy{Canary: 1, Batches: sizes(2), Promotion: nio.PromotionManual}, "a", "b", "c", "d", "e")
 	joining := s.in.members[2:]
