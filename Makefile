@@ -93,7 +93,8 @@ demo: deps k8s
 	$(BIN)/nio-demo
 
 ## bench: the fleet benchmark (10/100/1000 simulated machines: real control plane,
-## operator, mTLS, git http-backend) and NIO vs. a direct real-Nix apply. Prints the
+## operator, mTLS, git http-backend; standalone configurations, then one NixosFleet
+## in batches of 10%) and NIO vs. a direct real-Nix apply. Prints the
 ## report; JSON and PNG into hack/bench/results/. More flags:
 ## make bench BENCH_FLAGS="-n 1000 -concurrency 50 -build-time 5s"
 BENCH_FLAGS ?=
