@@ -190,7 +190,7 @@ func TestMetricsAreRegisteredWithTheGivenRegisterer(t *testing.T) {
 
 	for name, want := range map[string]int{
 		"nio_webhook_received_total":                 5,  // one series per provider, from the start
-		"nio_webhook_rejected_total":                 25, // provider × reason
+		"nio_webhook_rejected_total":                 35, // provider × reason
 		"nio_webhook_triggered_configurations_total": 5,
 	} {
 		if n, err := testutil.GatherAndCount(h.reg, name); err != nil || n != want {
