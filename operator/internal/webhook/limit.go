@@ -126,22 +126,24 @@ func (l *limiter) wait(b *bucket) time.Duration {
 	return time.Duration((1 - b.tokens) * float64(l.interval))
 }
 
-// blocked reports whether key has no refused delivery left, and how long until it
-// has one.
-func (l *limiter) blocked(key netip.Prefix, now time.Time) (bool, time.Duration) {
+// blocked reports whether key has no refused delivery left; if so, first says
+// whether this is the first 429 since it last had one, and retry how long until it
+// has one again.
+func (l *limiter) blocked(key netip.Prefix, now time.Time) (blocked, first bool, retry time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	e := l.buckets[key]
 	if e == nil {
-		return false, 0
+		return false, false, 0
 	}
 	l.lru.MoveToFront(e)
 	b := e.Value.(*bucket)
 	l.refill(b, now)
 	if b.tokens >= 1 {
-		return false, 0
+		return false, false, 0
 	}
-	return true, l.wait(b)
+	first, b.throttled = !b.throttled, true
+	return true, first, l.wait(b)
 }
 
 // charge takes one refused delivery from key's bucket. When none was left, ok is

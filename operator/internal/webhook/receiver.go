@@ -51,6 +51,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -122,7 +123,13 @@ type Receiver struct {
 	limiter    *limiter    // nil: no limit
 	deliveries *deliveries // nil: replays are not detected
 	now        func() time.Time
+	// secretToldAt is when an unusable secret was last logged (Unix ns; 0: it
+	// worked since): a broken Secret is one line a minute, not one per delivery.
+	secretToldAt atomic.Int64
 }
+
+// secretLogInterval is how often an unusable secret is logged while it stays so.
+const secretLogInterval = time.Minute
 
 // NewReceiver checks opts and registers the metrics.
 func NewReceiver(opts Options) (*Receiver, error) {
@@ -136,7 +143,7 @@ func NewReceiver(opts Options) (*Receiver, error) {
 		opts.TriggerTimeout = DefaultTriggerTimeout
 	}
 	if opts.RefusedBurst < 0 || (opts.RefusedBurst > 0 && opts.RefusedInterval <= 0) {
-		return nil, errors.New("webhook receiver: a refused-delivery burst needs a positive interval")
+		return nil, errors.New("webhook receiver: the refused-delivery burst must be 0 (no limit) or positive, with a positive interval")
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
@@ -191,27 +198,31 @@ func (rc *Receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log = log.WithValues("delivery", id[:min(len(id), 64)])
 	}
 
-	var rep reply
+	rc.write(w, p, log, rc.limit(w, r, p, src, log))
+}
+
+// limit answers a source over its limit 429, and serves the others.
+func (rc *Receiver) limit(w http.ResponseWriter, r *http.Request, p *provider, src netip.Addr, log logr.Logger) reply {
+	if rc.limiter == nil {
+		return rc.serve(w, r, p, log)
+	}
 	key := sourceKey(src)
-	blocked, retry := false, time.Duration(0)
-	if rc.limiter != nil {
-		blocked, retry = rc.limiter.blocked(key, rc.now())
-	}
-	if blocked && r.Header.Get(p.authHeader) == "" {
-		// Nothing could prove this one genuine: not even its body is read.
-		rep = throttled(retry)
-	} else {
-		rep = rc.serve(w, r, p, log)
-		if rc.limiter != nil && charged(rep.reason) {
-			if ok, first, retry := rc.limiter.charge(key, rc.now()); !ok {
-				if first {
-					log.Info("source throttled: too many refused deliveries; answering 429", "retryAfter", retry.Round(time.Second).String())
-				}
-				rep = throttled(retry)
-			}
+	blocked, first, retry := rc.limiter.blocked(key, rc.now())
+	if !blocked || r.Header.Get(p.authHeader) != "" {
+		rep := rc.serve(w, r, p, log)
+		if !charged(rep.reason) {
+			return rep
 		}
+		ok, firstCharged, wait := rc.limiter.charge(key, rc.now())
+		if ok {
+			return rep
+		}
+		first, retry = first || firstCharged, wait
+	} // else nothing could prove it genuine: not even its body is read.
+	if first {
+		log.Info("source throttled: too many refused deliveries; answering 429", "retryAfter", retry.Round(time.Second).String())
 	}
-	rc.write(w, p, log, rep)
+	return throttled(retry)
 }
 
 func (rc *Receiver) write(w http.ResponseWriter, p *provider, log logr.Logger, rep reply) {
@@ -263,15 +274,16 @@ func (rc *Receiver) serve(w http.ResponseWriter, r *http.Request, p *provider, l
 
 	secret, err := rc.opts.Secret(r.Context())
 	if err != nil {
-		return reject(ReasonSecret, http.StatusServiceUnavailable, "shared secret unavailable").
-			logged("read webhook secret", err)
+		return rc.secretUnusable(reject(ReasonSecret, http.StatusServiceUnavailable, "shared secret unavailable").
+			logged("read webhook secret", err))
 	}
 	secret = bytes.TrimRight(secret, "\r\n")
 	if len(secret) == 0 {
 		// With an empty key anyone can compute a valid signature.
-		return reject(ReasonSecret, http.StatusServiceUnavailable, "shared secret unavailable").
-			logged("webhook secret is empty: every delivery is refused", nil)
+		return rc.secretUnusable(reject(ReasonSecret, http.StatusServiceUnavailable, "shared secret unavailable").
+			logged("webhook secret is empty: every delivery is refused", nil))
 	}
+	rc.secretToldAt.Store(0)
 	if err := p.verify(r.Header, body, secret); err != nil {
 		return reject(ReasonSignature, http.StatusUnauthorized, err.Error()).
 			logged("delivery refused", nil, "reason", err.Error(), "remote", r.RemoteAddr)
@@ -348,6 +360,17 @@ func (rc *Receiver) trigger(ctx context.Context, p *provider, log logr.Logger, p
 // reject is a refusal; ServeHTTP counts it in nio_webhook_rejected_total.
 func reject(reason string, status int, msg string) reply {
 	return reply{status: status, reason: reason, body: map[string]any{"result": "rejected", "reason": reason, "message": msg}}
+}
+
+// secretUnusable keeps rep's log line only when the secret was not logged as
+// unusable in the last secretLogInterval.
+func (rc *Receiver) secretUnusable(rep reply) reply {
+	now := rc.now().UnixNano()
+	last := rc.secretToldAt.Load()
+	if last != 0 && now-last < int64(secretLogInterval) || !rc.secretToldAt.CompareAndSwap(last, now) {
+		rep.logMsg = ""
+	}
+	return rep
 }
 
 // logged adds the log line of a refusal, written unless its source is throttled.
