@@ -30,14 +30,15 @@ a second run with the same options changes nothing.
   --dry-run           print the manifests and change nothing (no cluster needed)
   --uninstall         remove what install.sh installs: the operator first, then its
                       namespace and RBAC, the CRDs last. Deleting the CRDs deletes every
-                      Machine and NixosConfiguration; if any exist, --uninstall refuses
-                      unless --yes or --keep-crds is given
-  --yes               with --uninstall: delete existing Machines and
-                      NixosConfigurations along with the CRDs. Hosts keep the system
+                      Machine, NixosConfiguration and NixosFleet; if any exist,
+                      --uninstall refuses unless --yes or --keep-crds is given
+  --yes               with --uninstall: delete existing Machines, NixosConfigurations
+                      and NixosFleets along with the CRDs. Hosts keep the system
                       they run; onRemoveFlake is not applied (delete the
-                      NixosConfigurations first, with the operator running, for that)
-  --keep-crds         with --uninstall: keep the CRDs and every Machine and
-                      NixosConfiguration
+                      NixosFleets and NixosConfigurations first, with the operator
+                      running, for that)
+  --keep-crds         with --uninstall: keep the CRDs and every Machine,
+                      NixosConfiguration and NixosFleet
   --kubeconfig PATH   kubeconfig to use (default: kubectl's, $KUBECONFIG or ~/.kube/config)
   --context NAME      kubeconfig context to use (default: the current one)
   -h, --help          this text
@@ -62,7 +63,7 @@ config=$here/operator/config
 namespace=nixos-operator-system
 field_manager=nio-install
 default_image=ghcr.io/homystack/nio-operator:latest
-crds=(crd/machines.nio.homystack.com crd/nixosconfigurations.nio.homystack.com)
+crds=(crd/machines.nio.homystack.com crd/nixosconfigurations.nio.homystack.com crd/nixosfleets.nio.homystack.com)
 
 kubectl=${KUBECTL:-kubectl}
 image=${NIO_IMAGE:-}
@@ -412,7 +413,7 @@ release_configurations() {
 }
 
 uninstall_nio() {
-  local have_crds=false machines=0 configurations=0
+  local have_crds=false machines=0 configurations=0 fleets=0
   if [ -n "$(k get "${crds[@]}" --ignore-not-found -o name)" ]; then
     have_crds=true
   fi
@@ -423,8 +424,11 @@ uninstall_nio() {
     if [ -n "$(k get "${crds[1]}" --ignore-not-found -o name)" ]; then
       configurations=$(count_objects nixosconfigurations.nio.homystack.com)
     fi
-    if [ $((machines + configurations)) -gt 0 ] && [ "$yes" = false ]; then
-      die "$machines Machine(s) and $configurations NixosConfiguration(s) exist; deleting the CRDs deletes them all (hosts keep the system they run, onRemoveFlake is not applied). Re-run with --yes to delete them, or --keep-crds to keep the CRDs and your objects. Nothing was removed."
+    if [ -n "$(k get "${crds[2]}" --ignore-not-found -o name)" ]; then
+      fleets=$(count_objects nixosfleets.nio.homystack.com)
+    fi
+    if [ $((machines + configurations + fleets)) -gt 0 ] && [ "$yes" = false ]; then
+      die "$machines Machine(s), $configurations NixosConfiguration(s) and $fleets NixosFleet(s) exist; deleting the CRDs deletes them all (hosts keep the system they run, onRemoveFlake is not applied). Re-run with --yes to delete them, or --keep-crds to keep the CRDs and your objects. Nothing was removed."
     fi
   fi
 
@@ -438,7 +442,7 @@ uninstall_nio() {
   k delete rolebinding -A -l app.kubernetes.io/component=watch-binding --ignore-not-found
 
   if [ "$keep_crds" = true ]; then
-    echo "NIO is uninstalled; the CRDs, Machines and NixosConfigurations are kept."
+    echo "NIO is uninstalled; the CRDs, Machines, NixosConfigurations and NixosFleets are kept."
   elif [ "$have_crds" = true ]; then
     k delete -f "$tmp/manifests.yaml" -l app.kubernetes.io/component=crd --ignore-not-found --wait=false
     if [ -n "$(k get "${crds[1]}" --ignore-not-found -o name)" ]; then

@@ -8,22 +8,30 @@ import (
 // Labels and annotations of a NixosFleet and the NixosConfigurations it owns.
 const (
 	// FleetLabel on a NixosConfiguration names the NixosFleet that owns it (its
-	// controller owner reference says the same, with the fleet's UID).
+	// controller owner reference says the same, with the fleet's UID). A name longer
+	// than a label value may be (63 characters) is cut and ends with a hash.
 	FleetLabel = "nio.homystack.com/fleet"
-	// FleetMachineLabel on a NixosConfiguration names the Machine it was made for.
+	// FleetMachineLabel on a NixosConfiguration names the Machine it was made for
+	// (cut like FleetLabel).
 	FleetMachineLabel = "nio.homystack.com/fleet-machine"
 	// FleetRevisionAnnotation on a NixosConfiguration is the fleet revision (commit
 	// and template) its spec was rendered from.
 	FleetRevisionAnnotation = "nio.homystack.com/fleet-revision"
 	// FleetBatchAnnotation on a NixosConfiguration is the batch of the rollout that
-	// moved it to its revision ("canary", "1", "2"...).
+	// moved it to its revision ("canary", "1", "2"...), or "revert" when a revert
+	// moved it back.
 	FleetBatchAnnotation = "nio.homystack.com/fleet-batch"
 	// FleetPreviousAnnotation on a NixosConfiguration holds the spec (JSON) and
 	// revision the Machine ran before its current revision: what a revert restores.
+	// It is written when a rollout moves a configuration whose revision was applied
+	// (a Machine moved again in the middle of an apply keeps what it ran before);
+	// a fleet's first rollout has none, and a spec over 128 KiB is not kept.
 	FleetPreviousAnnotation = "nio.homystack.com/fleet-previous"
 	// PromoteAnnotation on a NixosFleet moves a paused rollout on: past a manual
 	// gate or a failure pause (the next batch starts), or, after a revert, starts the
-	// reverted revision's rollout again. A new value is a new request.
+	// reverted revision's rollout again, from the canary. A new value is a new
+	// request; it is recorded in status.rollout.lastHandledPromote when acted on (a
+	// value present when a rollout starts is recorded at once: it asks nothing).
 	PromoteAnnotation = "nio.homystack.com/promote"
 )
 
@@ -42,13 +50,27 @@ type NixosFleetSpec struct {
 
 	// Strategy says how a new revision (a new commit of template.ref, or a template
 	// change) reaches the Machines.
+	//
+	// The Machines not on the new revision move in the order of their names: first
+	// the canary, then the batches. Sizes are taken of the fleet: the selected
+	// Machines the fleet drives (not those in status.excluded). A new revision while
+	// a rollout runs (or is paused, or was reverted) supersedes it: a new rollout
+	// starts from the canary over every Machine not on the new revision
+	// (status.rollout.supersedes names the old one); Machines in the middle of an
+	// apply finish it first. A revert in the new rollout gives each Machine back
+	// what it ran before it was moved (a Machine moved again before it ran the first
+	// move goes back to what it ran before both). Machines joining the fleet after a
+	// rollout completed get its revision in batches (no canary: it passed already).
 	// +kubebuilder:default={}
 	// +optional
 	Strategy RolloutStrategy `json:"strategy,omitempty"`
 
 	// Paused stops the rollout from moving further Machines: operations already
 	// started finish, no new one starts. Machines joining the fleet are not given a
-	// configuration either. Clearing it continues where the rollout stopped.
+	// configuration either. Clearing it continues where the rollout stopped. A
+	// revert that onFailure: Revert decided still runs, and a Machine leaving the
+	// selector still has its configuration deleted; a promote waits for the end of
+	// the pause.
 	// +optional
 	Paused bool `json:"paused,omitempty"`
 }
@@ -103,7 +125,7 @@ const (
 type RolloutStrategy struct {
 	// Canary is how many Machines get a new revision first; the rollout goes on only
 	// when they all run it (applied, confirmed, health checks passed). 0: no canary.
-	// It must not be larger than the fleet.
+	// It must not be larger than the fleet (else Stalled, reason CanaryExceedsFleet).
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	Canary int32 `json:"canary,omitempty"`
@@ -111,7 +133,10 @@ type RolloutStrategy struct {
 	// Batches are the sizes of the steps after the canary, each a number of Machines
 	// or a percentage of the fleet ("10%", rounded up, at least 1 Machine). When the
 	// listed batches do not cover the fleet, the last size repeats; they must not add
-	// up to more than the fleet. Default: one batch of everything after the canary.
+	// up to more than the fleet (numbers with the canary at most the fleet,
+	// percentages at most 100%; else Stalled, reason InvalidStrategy). A batch
+	// succeeds when all its Machines run the revision. Default: one batch of
+	// everything after the canary.
 	// +kubebuilder:validation:MaxItems=100
 	// +optional
 	Batches []intstr.IntOrString `json:"batches,omitempty"`
@@ -123,12 +148,14 @@ type RolloutStrategy struct {
 
 	// MaxUnavailable is how many Machines of the fleet may be unavailable (applying,
 	// or their configuration not Ready) before the rollout moves another: a number
-	// or a percentage. Unset: only the batch and maxParallel bound it.
+	// (at least 1) or a percentage (rounded down, at least 1 Machine). Unset: only
+	// the batch and maxParallel bound it.
 	// +optional
 	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
 
 	// PauseBetweenBatches is how long the rollout waits after a batch succeeded
-	// before the next one starts.
+	// before the next one starts (with promotion Manual, the promote is acted on
+	// once the pause is over).
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern="^([0-9]+(\\.[0-9]+)?(ms|s|m|h))+$"
 	// +optional
@@ -141,7 +168,12 @@ type RolloutStrategy struct {
 	Promotion Promotion `json:"promotion,omitempty"`
 
 	// OnFailure is what happens when a Machine fails the new revision (its apply
-	// fails, is rolled back, or a health check fails): Pause (default) or Revert.
+	// fails, is rolled back, or a health check fails, or its configuration stalls on
+	// its spec): Pause (default: phase Paused, reason BatchFailed, Stalled=True; the
+	// failed Machines keep the revision and retry with their own backoff) or Revert
+	// (phase Reverting, then Reverted: the Machines the rollout moved that ran
+	// something before get it back; a reverted revision is not rolled out again
+	// until the commit or template changes, or a promote).
 	// +kubebuilder:default=Pause
 	// +optional
 	OnFailure FailurePolicy `json:"onFailure,omitempty"`
@@ -213,7 +245,7 @@ type ExcludedMachine struct {
 
 // RolloutStatus is one rollout: the move of the fleet to one revision.
 type RolloutStatus struct {
-	// Revision identifies the commit and template rolled out.
+	// Revision identifies the commit and template rolled out (a hash of both).
 	Revision string `json:"revision"`
 	// Commit rolled out.
 	Commit string `json:"commit"`
@@ -222,7 +254,10 @@ type RolloutStatus struct {
 	CommitShort string `json:"commitShort,omitempty"`
 	// Phase: Progressing, Paused, Reverting, Reverted or Completed.
 	Phase RolloutPhase `json:"phase"`
-	// Reason says why the phase is what it is (a CamelCase word).
+	// Reason says why the phase is what it is: Progressing, PauseBetweenBatches,
+	// MaxUnavailable, AwaitingPromotion, Paused (spec.paused), BatchFailed,
+	// Reverting, RevertFailed, Reverted, Succeeded, MachinesFailed (completed, but
+	// Machines failed the revision and a promote went past them).
 	// +optional
 	Reason string `json:"reason,omitempty"`
 	// Message says it for a person.
@@ -239,7 +274,8 @@ type RolloutStatus struct {
 	// LastHandledPromote is the value of the promote annotation last acted on.
 	// +optional
 	LastHandledPromote string `json:"lastHandledPromote,omitempty"`
-	// Batches are the steps so far, the canary first.
+	// Batches are the steps so far, the canary first; at most 100 are kept (the
+	// canary and the latest).
 	// +kubebuilder:validation:MaxItems=1000
 	// +optional
 	Batches []BatchStatus `json:"batches,omitempty"`
@@ -282,6 +318,16 @@ type NixosFleet struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	// Spec says which Machines run what, and how new revisions reach them.
+	//
+	// The fleet owns one NixosConfiguration per selected Machine, named
+	// `<fleet>-<machine>` (cut and ended with a hash when too long), whose spec is the
+	// template with the flake's placeholders filled and ref pinned to the commit the
+	// fleet resolved; deleting the fleet deletes them (owner references), and a
+	// Machine that stops matching the selector has its configuration deleted (its
+	// onRemoveFlake is applied). A Machine another NixosConfiguration already names
+	// is never taken (status.excluded, reason MachineInUse). A revision is a commit
+	// of template.ref together with the template: a change of either starts a
+	// rollout.
 	// +required
 	Spec NixosFleetSpec `json:"spec"`
 	// Status is what the Machines run and where the rollout stands.

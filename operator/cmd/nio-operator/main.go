@@ -1,5 +1,6 @@
 // Command nio-operator is the NIO Kubernetes operator: it converges Machines on
-// NixosConfigurations (see README.md and docs/usage-guide.md).
+// NixosConfigurations, and rolls NixosFleets out to many Machines (see README.md and
+// docs/usage-guide.md).
 package main
 
 import (
@@ -66,7 +67,7 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader so only one replica reconciles (set in the Deployment).")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "nixos-operator-system"), "The operator's own namespace: its CA Secret, leader lease and webhook Secret.")
 	flag.StringVar(&o.watchNamespaces, "watch-namespaces", "", "Comma-separated namespaces whose Machines and NixosConfigurations are managed (empty: all).")
-	flag.IntVar(&o.concurrency, "concurrency", 10, "Configurations reconciled (and hosts driven) at once; Machines probed at once.")
+	flag.IntVar(&o.concurrency, "concurrency", 10, "Configurations reconciled (and hosts driven) at once; Machines probed at once; fleets reconciled at once: a quarter of it.")
 	flag.StringVar(&o.nixosAnywhere, "nixos-anywhere", "nixos-anywhere", "Path of the nixos-anywhere executable used for fullInstall.")
 	flag.DurationVar(&o.installTimeout, "install-timeout", install.DefaultTimeout, "Longest a nixos-anywhere run may take.")
 	flag.DurationVar(&o.defaultInterval, "default-interval", 5*time.Minute, "Poll interval of configurations whose spec.interval is empty.")
@@ -183,6 +184,14 @@ func run(ctx context.Context, o options) error {
 	}
 	if err := configs.SetupWithManager(ctx, mgr, o.concurrency); err != nil {
 		return fmt.Errorf("NixosConfiguration controller: %w", err)
+	}
+	fleets := &controller.NixosFleetReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: scheme, Recorder: recorder, Sources: srcs,
+		Metrics: m, Trigger: trigger, DefaultInterval: o.defaultInterval,
+	}
+	// After the configurations: it uses their index by Machine.
+	if err := fleets.SetupWithManager(ctx, mgr, max(o.concurrency/4, 1)); err != nil {
+		return fmt.Errorf("NixosFleet controller: %w", err)
 	}
 	machines := &controller.MachineReconciler{
 		Client: mgr.GetClient(), Recorder: recorder, Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,

@@ -20,6 +20,15 @@ type Metrics struct {
 	// HealthCheckFailures counts checks that did not pass after an activation (the
 	// agent rolled back), by configuration and check.
 	HealthCheckFailures *prometheus.CounterVec
+
+	// Fleets: rollouts begun and ended (by result: completed, reverted,
+	// superseded), each fleet's rollout phase (1 for the current one) and Machines by
+	// state (updated, failed, pending), and how long batches took.
+	FleetRolloutsStarted  prometheus.Counter
+	FleetRolloutsFinished *prometheus.CounterVec
+	FleetPhase            *prometheus.GaugeVec
+	FleetMachines         *prometheus.GaugeVec
+	FleetBatchDuration    *prometheus.HistogramVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -42,9 +51,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		HealthCheckFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nio_health_check_failures_total", Help: "Health checks that did not pass after an activation (the host rolled back), by configuration and check.",
 		}, []string{"namespace", "configuration", "check"}),
+		FleetRolloutsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nio_fleet_rollouts_started_total", Help: "Rollouts of a NixosFleet revision begun.",
+		}),
+		FleetRolloutsFinished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nio_fleet_rollouts_finished_total", Help: "Rollouts of a NixosFleet revision ended, by result (completed, reverted, superseded).",
+		}, []string{"result"}),
+		FleetPhase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nio_fleet_rollout_phase", Help: "Each fleet's rollout phase: 1 for the current phase, 0 for the others.",
+		}, []string{"namespace", "name", "phase"}),
+		FleetMachines: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nio_fleet_machines", Help: "Machines of each fleet by state against its revision: updated, failed, pending.",
+		}, []string{"namespace", "name", "state"}),
+		FleetBatchDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "nio_fleet_batch_duration_seconds", Help: "Duration of rollout batches, from their start to their success or failure, by result.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied, m.HealthCheckFailures)
+		reg.MustRegister(m.ReconcileDuration, m.Applies, m.ApplyDuration, m.LastApplied, m.HealthCheckFailures,
+			m.FleetRolloutsStarted, m.FleetRolloutsFinished, m.FleetPhase, m.FleetMachines, m.FleetBatchDuration)
 	}
 	return m
 }
@@ -95,6 +121,15 @@ func (m *Metrics) forget(obj *nio.NixosConfiguration) {
 	}
 	m.LastApplied.DeleteLabelValues(obj.Namespace, obj.Name)
 	m.HealthCheckFailures.DeletePartialMatch(prometheus.Labels{"namespace": obj.Namespace, "configuration": obj.Name})
+}
+
+// forgetFleet drops a deleted fleet's series.
+func (m *Metrics) forgetFleet(namespace, name string) {
+	if m == nil {
+		return
+	}
+	m.FleetPhase.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
+	m.FleetMachines.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }
 
 // RegisterSourceMetrics exposes the source cache's network counters and size.

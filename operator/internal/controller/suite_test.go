@@ -70,7 +70,7 @@ func tailOf(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// operator is one running manager with both controllers, talking to fake hosts.
+// operator is one running manager with every controller, talking to fake hosts.
 type operator struct {
 	metrics   *Metrics
 	trigger   *Trigger
@@ -164,6 +164,11 @@ func startOperatorWith(t *testing.T, o operatorOptions) *operator {
 		OperationWaitMargin: 500 * time.Millisecond,
 	}
 	if err := cr.SetupWithManager(ctx, mgr, 4); err != nil {
+		t.Fatal(err)
+	}
+	fr := &NixosFleetReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Sources: sources,
+		Metrics: metrics, Trigger: trigger}
+	if err := fr.SetupWithManager(ctx, mgr, 2); err != nil {
 		t.Fatal(err)
 	}
 	mr := &MachineReconciler{Client: mgr.GetClient(), Recorder: rec, Hosts: fleet, Locks: locks, PKI: issuer, Metrics: metrics,

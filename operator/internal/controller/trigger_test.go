@@ -74,3 +74,38 @@ func TestVerifiedPushTriggersExactlyThatRepository(t *testing.T) {
 		t.Errorf("the other repository's configuration moved to %s (%d applies)", c.Status.AppliedCommit, len(c.Status.History))
 	}
 }
+
+// TestPushTriggersFleetsNotTheirConfigurations: a push queues each fleet of the
+// repository once (it resolves the new commit and moves its Machines), and the
+// configurations that follow their ref; a fleet's own configurations, pinned to the
+// commit their fleet chose, are not counted or queued.
+func TestPushTriggersFleetsNotTheirConfigurations(t *testing.T) {
+	f := &fleetFixture{fixture: newFixture(t), hosts: hosttest.NewFleet()}
+	other := f.srv.NewRepo(t, "other-configs")
+	other.CommitFiles(t, map[string]string{"flake.nix": "{ }"}, "other 1")
+	first := f.commit("1")
+	// Refs are cached for an hour and nothing polls sooner: only the push can reveal
+	// a new commit.
+	f.op = startOperator(t, f.ns, f.hosts, nil, func(o *source.Options) { o.MinInterval = time.Hour })
+	hourly := func(c *nio.NixosConfiguration) { c.Spec.Interval.Duration = time.Hour }
+	f.machines(web, "web-01", "web-02", "web-03")
+	f.create(f.config("worker-config", "worker-01", hourly),
+		f.fleet("web", func(fl *nio.NixosFleet) { fl.Spec.Template.Interval.Duration = time.Hour }),
+		f.fleet("elsewhere", func(fl *nio.NixosFleet) {
+			fl.Spec.MachineSelector.MatchLabels = map[string]string{"role": "other"}
+			fl.Spec.Template.GitRepo, fl.Spec.Template.CredentialsRef = other.URL(), nil
+		}))
+	f.waitApplied("worker-config", "worker-01", first)
+	f.waitFleet("web", "first rollout", rolledOut(first, 3))
+
+	second := f.commit("2")
+	n, err := f.op.trigger.Repos(context.Background(), webhook.NewRepoSet([]string{f.repo.URL()}).Contains)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("the push queued %d objects, want 2: the configuration and the fleet, not the fleet's 3 configurations nor the other repository's fleet", n)
+	}
+	f.waitApplied("worker-config", "worker-01", second)
+	f.waitFleet("web", "the pushed commit", rolledOut(second, 3))
+}

@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "nio_webhook_rejected_total", Help: "Deliveries refused, by provider and reason (method, size, secret, signature, payload, replay, throttled).",
 		}, []string{"provider", "reason"}),
 		triggered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nio_webhook_triggered_configurations_total", Help: "NixosConfigurations triggered by verified pushes, by provider.",
+			Name: "nio_webhook_triggered_configurations_total", Help: "NixosConfigurations and NixosFleets triggered by verified pushes, by provider (a fleet counts once for all its Machines).",
 		}, []string{"provider"}),
 		triggerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nio_webhook_trigger_errors_total", Help: "Verified pushes whose trigger failed (answered 500 so the forge can redeliver), by provider.",

@@ -17,6 +17,8 @@
 // or the GitLab token of all of them. Answers:
 //
 //	202 push verified, Trigger called: {"result":"triggered","configurations":N}
+//	    (N: the objects queued — NixosConfigurations following their ref, and
+//	    NixosFleets, each once for all its Machines)
 //	200 verified event that is not a push (GitHub ping, issues...): nothing triggered
 //	200 verified push seen before (a replay): {"result":"duplicate"}, nothing triggered
 //	400 verified, but the payload is not a push NIO can read
@@ -76,9 +78,10 @@ const DefaultTriggerTimeout = 10 * time.Second
 type SecretSource func(ctx context.Context) ([]byte, error)
 
 // Trigger is called for each verified push with every URL form of the pushed
-// repository that the payload carries. It makes the NixosConfigurations whose
-// spec.gitRepo names that repository (NewRepoSet(repoURLs).Contains(gitRepo))
-// reconcile now, and returns how many it triggered. The URLs come from the payload
+// repository that the payload carries. It makes the NixosConfigurations and
+// NixosFleets whose gitRepo names that repository (NewRepoSet(repoURLs).Contains(gitRepo))
+// reconcile now, and returns how many it triggered (a fleet's own configurations are
+// reached through their fleet, and not counted). The URLs come from the payload
 // and may carry credentials (a CI job's clone URL): log NewRepoSet(repoURLs).Keys(),
 // never the URLs themselves.
 type Trigger func(ctx context.Context, repoURLs []string) (triggered int, err error)

@@ -13,6 +13,7 @@ func TestKubectlExplainShowsTheDocComments(t *testing.T) {
 	cases := map[string][]string{
 		"machine.spec.sshHostKey":                 {"pins the host's SSH public key", "HostKeyMismatch"},
 		"nixosconfiguration.spec.additionalFiles": {"written into the source tree before the build", "secretRef", "nixosFacter"},
+		"nixosfleet.spec.strategy":                {"supersedes", "a new rollout starts from the canary", "onFailure"},
 	}
 	for field, wants := range cases {
 		// The API server publishes a new CRD's OpenAPI schema asynchronously.

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
@@ -136,6 +139,72 @@ func TestAPIServerRefusesBadInput(t *testing.T) {
 		if err := env.Client.Create(context.Background(), obj); err != nil {
 			t.Errorf("valid %T refused: %v", obj, err)
 		}
+	}
+}
+
+func validFleet() *nio.NixosFleet {
+	return &nio.NixosFleet{Spec: nio.NixosFleetSpec{
+		MachineSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "web"}},
+		Template: nio.FleetTemplate{Flake: ".#web-{hostname}",
+			ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://github.com/your-org/nixos-configs.git"}},
+	}}
+}
+
+// TestAPIServerRefusesBadFleets: what CEL can say about a NixosFleet without knowing
+// its Machines (the controller stalls on the rest: a strategy too big for the fleet).
+func TestAPIServerRefusesBadFleets(t *testing.T) {
+	ns := newNamespace(t)
+	fleets := []struct {
+		name   string
+		mutate func(*nio.NixosFleet)
+		want   string
+	}{
+		{"empty selector", func(f *nio.NixosFleet) { f.Spec.MachineSelector = metav1.LabelSelector{} }, "machineSelector must have matchLabels or matchExpressions"},
+		{"selector with empty matchLabels", func(f *nio.NixosFleet) { f.Spec.MachineSelector.MatchLabels = map[string]string{} }, "machineSelector must have matchLabels or matchExpressions"},
+		{"unknown placeholder", func(f *nio.NixosFleet) { f.Spec.Template.Flake = ".#{ip}" }, "placeholders {name} and {hostname}"},
+		{"unclosed placeholder", func(f *nio.NixosFleet) { f.Spec.Template.Flake = ".#web-{name" }, "placeholders {name} and {hostname}"},
+		{"placeholder in the directory", func(f *nio.NixosFleet) { f.Spec.Template.Flake = "{name}#web" }, "placeholders {name} and {hostname}"},
+		{"flake without #", func(f *nio.NixosFleet) { f.Spec.Template.Flake = "web" }, "flake must be <dir>#<attr>"},
+		{"flake dir escaping", func(f *nio.NixosFleet) { f.Spec.Template.Flake = "../x#{name}" }, "the flake directory must be relative"},
+		{"healthChecks with action boot", func(f *nio.NixosFleet) {
+			f.Spec.Template.Action = nio.ActionBoot
+			f.Spec.Template.HealthChecks = &nio.HealthChecks{Checks: []nio.HealthCheck{{Name: "web", HTTP: &nio.HTTPHealthCheck{URL: "http://localhost/"}}}}
+		}, "healthChecks need action switch or test"},
+		{"kexec without fullInstall", func(f *nio.NixosFleet) { f.Spec.Template.KexecImage = "https://example.org/kexec.tar.gz" }, "kexecImage is only used with fullInstall"},
+		{"onFailure not an option", func(f *nio.NixosFleet) { f.Spec.Strategy.OnFailure = "Ignore" }, "spec.strategy.onFailure"},
+		{"promotion not an option", func(f *nio.NixosFleet) { f.Spec.Strategy.Promotion = "Sometimes" }, "spec.strategy.promotion"},
+		{"negative canary", func(f *nio.NixosFleet) { f.Spec.Strategy.Canary = -1 }, "spec.strategy.canary"},
+		{"negative maxParallel", func(f *nio.NixosFleet) { f.Spec.Strategy.MaxParallel = -1 }, "spec.strategy.maxParallel"},
+	}
+	for i, tc := range fleets {
+		f := validFleet()
+		tc.mutate(f)
+		f.Name, f.Namespace = fmt.Sprintf("bad-fleet-%d", i), ns
+		expectInvalid(t, "NixosFleet "+tc.name, f, tc.want)
+	}
+
+	// The valid ones are accepted: both placeholders, an expression selector, health
+	// checks with switch, every option of the strategy.
+	good := validFleet()
+	good.Name, good.Namespace = "good", ns
+	expr := validFleet()
+	expr.Name, expr.Namespace = "good-expr", ns
+	expr.Spec.MachineSelector = metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "role", Operator: metav1.LabelSelectorOpExists}}}
+	expr.Spec.Template.Flake = "hosts#{name}.{hostname}"
+	expr.Spec.Template.HealthChecks = &nio.HealthChecks{Checks: []nio.HealthCheck{{Name: "web", HTTP: &nio.HTTPHealthCheck{URL: "http://localhost/"}}}}
+	expr.Spec.Strategy = nio.RolloutStrategy{Canary: 1, Batches: []intstr.IntOrString{intstr.FromInt32(2), intstr.FromString("25%")},
+		MaxParallel: 2, MaxUnavailable: ptr(intstr.FromString("10%")), Promotion: nio.PromotionManual, OnFailure: nio.FailureRevert,
+		PauseBetweenBatches: &metav1.Duration{Duration: time.Minute}}
+	for _, f := range []*nio.NixosFleet{good, expr} {
+		if err := env.Client.Create(context.Background(), f); err != nil {
+			t.Errorf("valid NixosFleet %s refused: %v", f.Name, err)
+		}
+	}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(good), good); err != nil {
+		t.Fatal(err)
+	}
+	if s := good.Spec.Strategy; s.Promotion != nio.PromotionAutomatic || s.OnFailure != nio.FailurePause || good.Spec.Template.Ref != "main" {
+		t.Errorf("defaults: strategy %+v, ref %q", s, good.Spec.Template.Ref)
 	}
 }
 

@@ -118,7 +118,7 @@ func (cp *ControlPlane) Install(ctx context.Context) error {
 		return fmt.Errorf("install.sh: %w: %s", err, strings.TrimSpace(out.String()))
 	}
 	// The CRDs must be served before anything is applied.
-	for _, crd := range []string{"machines.nio.homystack.com", "nixosconfigurations.nio.homystack.com"} {
+	for _, crd := range []string{"machines.nio.homystack.com", "nixosconfigurations.nio.homystack.com", "nixosfleets.nio.homystack.com"} {
 		if _, err := cp.Quiet(ctx, "wait", "--for=condition=Established", "--timeout=60s", "crd/"+crd); err != nil {
 			return err
 		}

@@ -29,6 +29,7 @@ func TestDryRunPrintsTheManifestsWithoutACluster(t *testing.T) {
 		"Namespace/" + operatorNamespace,
 		"CustomResourceDefinition/machines.nio.homystack.com",
 		"CustomResourceDefinition/nixosconfigurations.nio.homystack.com",
+		"CustomResourceDefinition/nixosfleets.nio.homystack.com",
 		"ServiceAccount/" + operatorSA,
 		"Role/nio-operator",
 		"ClusterRole/nio-operator",

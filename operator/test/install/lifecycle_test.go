@@ -25,7 +25,7 @@ import (
 	nio "github.com/homystack/nio/api/v1alpha1"
 )
 
-var crdNames = []string{"machines.nio.homystack.com", "nixosconfigurations.nio.homystack.com"}
+var crdNames = []string{"machines.nio.homystack.com", "nixosconfigurations.nio.homystack.com", "nixosfleets.nio.homystack.com"}
 
 // kubectl runs the control plane's kubectl as an administrator.
 func kubectl(t *testing.T, args ...string) string {

@@ -73,9 +73,10 @@ func validMachine(namespace, name string) *nio.Machine {
 }
 
 // checkOperatorRBAC checks, as the installed ServiceAccount, that the operator can do
-// its job — read Machines, configurations and Secrets everywhere, write statuses,
-// facts and events, keep its CA and lease at home — and nothing around it: no
-// Secrets written elsewhere, no Machines deleted or re-specified, no workloads, no RBAC.
+// its job — read Machines, configurations, fleets and Secrets everywhere, write
+// statuses, facts and events, create and delete the configurations of fleets, keep
+// its CA and lease at home — and nothing around it: no Secrets written elsewhere, no
+// Machines deleted or re-specified, no fleets written, no workloads, no RBAC.
 func checkOperatorRBAC(t *testing.T) {
 	ctx := context.Background()
 	tenant := tenantNamespace(t, "rbac-tenant")
@@ -102,6 +103,16 @@ func checkOperatorRBAC(t *testing.T) {
 	}{
 		{"list Machines in every namespace", func() error { return op.List(ctx, &nio.MachineList{}) }},
 		{"list NixosConfigurations in every namespace", func() error { return op.List(ctx, &nio.NixosConfigurationList{}) }},
+		{"list NixosFleets in every namespace", func() error { return op.List(ctx, &nio.NixosFleetList{}) }},
+		{"create and delete a fleet's NixosConfiguration", func() error {
+			c := &nio.NixosConfiguration{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "web-worker-01"},
+				Spec: nio.NixosConfigurationSpec{Flake: ".#worker", MachineRef: nio.LocalObjectReference{Name: "worker-01"},
+					ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://example.com/nixos-configs.git"}}}
+			if err := op.Create(ctx, c); err != nil {
+				return err
+			}
+			return op.Delete(ctx, c)
+		}},
 		{"patch a Machine's status", func() error {
 			var m nio.Machine
 			if err := op.Get(ctx, client.ObjectKeyFromObject(machine), &m); err != nil {
@@ -155,8 +166,13 @@ func checkOperatorRBAC(t *testing.T) {
 			patched.Spec.IPAddress = "10.6.6.6"
 			return op.Patch(ctx, patched, client.MergeFrom(&m))
 		}},
-		{"delete a NixosConfiguration", func() error {
-			return op.Delete(ctx, &nio.NixosConfiguration{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "worker-config"}})
+		{"create a NixosFleet", func() error {
+			return op.Create(ctx, &nio.NixosFleet{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "intruder"},
+				Spec: nio.NixosFleetSpec{MachineSelector: metav1.LabelSelector{MatchLabels: map[string]string{"a": "b"}},
+					Template: nio.FleetTemplate{Flake: ".#x", ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://example.com/r.git"}}}})
+		}},
+		{"delete a NixosFleet", func() error {
+			return op.Delete(ctx, &nio.NixosFleet{ObjectMeta: metav1.ObjectMeta{Namespace: tenant, Name: "web"}})
 		}},
 		{"take a lease in a managed namespace", func() error { return op.Create(ctx, leaseIn(tenant)) }},
 		{"list Deployments", func() error { return op.List(ctx, &appsv1.DeploymentList{}, client.InNamespace(operatorNamespace)) }},

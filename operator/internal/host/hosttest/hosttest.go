@@ -92,6 +92,8 @@ type AppliedOp struct {
 	Outcome      transport.Outcome
 	// Health is the report the host returned (nil: no checks ran).
 	Health *transport.HealthReport
+	// Start is when Apply was called, End when it returned its outcome.
+	Start, End time.Time
 }
 
 // HealthFailure makes a commit's health checks fail on a host: Check is the check
@@ -175,6 +177,7 @@ func (h *Host) Ops() []AppliedOp {
 }
 
 func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport.ApplyResult, error) {
+	start := time.Now()
 	h.mu.Lock()
 	up, agent, block := h.agentOn() || h.SSHUp, h.agentOn(), h.Block
 	disabled, noHealth, invalid, version := h.agentDisabled, h.NoHealthFeature, h.InvalidHealth, h.AgentVersion
@@ -216,7 +219,7 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 		}
 	}
 	op := AppliedOp{ID: req.OperationID, Commit: req.Commit, Action: string(req.Action), Target: req.Target, Transport: via,
-		Files: files, Modes: modes, Secrets: req.Secrets, HealthChecks: req.HealthChecks}
+		Files: files, Modes: modes, Secrets: req.Secrets, HealthChecks: req.HealthChecks, Start: start}
 	emit := func(line string) {
 		if req.OnEvent != nil {
 			req.OnEvent(transport.Event{Kind: transport.EventLog, Line: line, Time: time.Now()})
@@ -309,6 +312,7 @@ func (h *Host) gen() int64 {
 func (h *Host) record(op AppliedOp) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	op.End = time.Now()
 	h.applies = append(h.applies, op)
 }
 
