@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-A8JF2wSFTW9XHur2eCySN9pCwObe8qGCJ5D82DxvPzg=";
-  operator = "sha256-0JJeGNKPV9nd9gRZXd8zUcoIcuNHENd6Ew0eCqweP9M=";
+  agent = "sha256-WYYkhoWzCubyzC4Ih+7WtLOxV82FfE/ilkAdEDzft0o=";
+  operator = "sha256-8ZJDkGBN2x2wWvTwCW2DAzTAoQsmhqKbSnvJxOUcAmM=";
 }

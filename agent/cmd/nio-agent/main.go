@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/homystack/nio/agent/internal/certs"
+	"github.com/homystack/nio/agent/internal/handshake"
 	"github.com/homystack/nio/agent/internal/nixos"
 	"github.com/homystack/nio/agent/internal/server"
 	"google.golang.org/grpc"
@@ -35,6 +36,8 @@ type options struct {
 	systemdRun                                                 bool
 	maxSourceBytes                                             int64
 	secretsDir                                                 string
+	handshakeLogLimit                                          int
+	handshakeLogWindow                                         time.Duration
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -53,6 +56,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.secretsDir, "secrets-dir", "/run/nio-secrets", "tmpfs directory for the secretRef files of a configuration (current/<path>); the operator's nio-secrets.nix names /run/nio-secrets, so change it for tests only")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.IntVar(&o.handshakeLogLimit, "handshake-log-limit", handshake.DefaultLimit, "refused TLS handshakes logged one by one (peer, reason) per --handshake-log-window; the rest of the window is summed up in one line. All are counted in Status.refused_handshakes")
+	fs.DurationVar(&o.handshakeLogWindow, "handshake-log-window", handshake.DefaultWindow, "window of --handshake-log-limit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -61,6 +66,9 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.maxSourceBytes <= 0 {
 		return nil, errors.New("--max-source-bytes must be positive")
+	}
+	if o.handshakeLogLimit < 0 || o.handshakeLogWindow <= 0 {
+		return nil, errors.New("--handshake-log-limit must not be negative, --handshake-log-window must be positive")
 	}
 	return o, nil
 }
@@ -101,8 +109,8 @@ func main() {
 }
 
 // serverConfig is the server's configuration from the flags.
-func serverConfig(o *options, exe nixos.Executor, store *certs.Store, log *slog.Logger) server.Config {
-	return server.Config{
+func serverConfig(o *options, exe nixos.Executor, store *certs.Store, refused *handshake.Recorder, log *slog.Logger) server.Config {
+	cfg := server.Config{
 		Executor:       exe,
 		Certs:          store,
 		StateDir:       o.stateDir,
@@ -117,6 +125,10 @@ func serverConfig(o *options, exe nixos.Executor, store *certs.Store, log *slog.
 		Version:          version,
 		Logger:           log,
 	}
+	if refused != nil {
+		cfg.RefusedHandshakes = refused.Counts
+	}
+	return cfg
 }
 
 func run(o *options, log *slog.Logger) error {
@@ -151,7 +163,8 @@ func run(o *options, log *slog.Logger) error {
 	})
 	// New recovers an operation the journal shows unfinished (the agent was killed
 	// during it) before anything is served, so the operator's re-attach finds it.
-	srv, err := server.New(serverConfig(o, exe, store, log))
+	refused := handshake.NewRecorder(log, o.handshakeLogLimit, o.handshakeLogWindow)
+	srv, err := server.New(serverConfig(o, exe, store, refused, log))
 	if err != nil {
 		return err
 	}
@@ -160,7 +173,8 @@ func run(o *options, log *slog.Logger) error {
 		return fmt.Errorf("listen %s: %w", o.listen, err)
 	}
 	g := grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(store.ServerConfig())),
+		// Refused handshakes are counted and logged: grpc-go drops them silently.
+		grpc.Creds(refused.Credentials(credentials.NewTLS(store.ServerConfig()))),
 		// Builds stream nothing for minutes at times; keep idle connections alive.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)

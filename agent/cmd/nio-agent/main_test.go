@@ -50,7 +50,7 @@ func TestFlagsDefaultsMatchTheContract(t *testing.T) {
 	want := options{listen: ":9443", tlsDir: "/var/lib/nio-agent/tls", stateDir: "/var/lib/nio-agent",
 		profile: "/nix/var/nix/profiles/system", currentLink: "/run/current-system", bootedLink: "/run/booted-system",
 		facterPath: "nixos-facter", logFormat: "text", logLevel: "info", systemdRun: true, maxSourceBytes: 1 << 30,
-		secretsDir: "/run/nio-secrets"}
+		secretsDir: "/run/nio-secrets", handshakeLogLimit: 10, handshakeLogWindow: time.Minute}
 	if *o != want {
 		t.Errorf("defaults %+v, want %+v", *o, want)
 	}
@@ -70,7 +70,7 @@ func TestSystemdRunAppliesToHealthChecksAsToFacter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := serverConfig(o, nil, nil, nil)
+		cfg := serverConfig(o, nil, nil, nil, nil)
 		if cfg.HealthSystemdRun != o.systemdRun || cfg.FacterSystemdRun != o.systemdRun {
 			t.Errorf("flags %q: health systemd-run %v, facter %v, want both %v", args, cfg.HealthSystemdRun, cfg.FacterSystemdRun, o.systemdRun)
 		}
@@ -84,6 +84,9 @@ type agentProcess struct {
 	logDone chan struct{} // closed when stderr reaches EOF
 	once    sync.Once
 	exitErr error
+
+	mu  sync.Mutex
+	log []string // stderr lines so far
 }
 
 // wait reaps the process once its log is read to the end (Wait before that would
@@ -97,8 +100,8 @@ func (a *agentProcess) wait() error {
 }
 
 // startAgent runs nio-agent with real TLS and real Nix on a scratch profile, and waits
-// for its "listening" log line.
-func startAgent(t *testing.T, env *nixtest.Env) *agentProcess {
+// for its "listening" log line. args are added to the command line.
+func startAgent(t *testing.T, env *nixtest.Env, args ...string) *agentProcess {
 	t.Helper()
 	dir := t.TempDir()
 	ca := certtest.NewCA(t)
@@ -107,10 +110,11 @@ func startAgent(t *testing.T, env *nixtest.Env) *agentProcess {
 	if err := os.MkdirAll(filepath.Join(dir, "profiles"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0],
-		"--listen=127.0.0.1:0", "--tls-dir="+tlsDir, "--state-dir="+filepath.Join(dir, "state"),
-		"--profile="+filepath.Join(dir, "profiles", "system"), "--current-system-link="+env.CurrentSystemLink(),
-		"--booted-system-link="+filepath.Join(dir, "booted"), "--systemd-run=false", "--log-format=json")
+	argv := append([]string{
+		"--listen=127.0.0.1:0", "--tls-dir=" + tlsDir, "--state-dir=" + filepath.Join(dir, "state"),
+		"--profile=" + filepath.Join(dir, "profiles", "system"), "--current-system-link=" + env.CurrentSystemLink(),
+		"--booted-system-link=" + filepath.Join(dir, "booted"), "--systemd-run=false", "--log-format=json"}, args...)
+	cmd := exec.Command(os.Args[0], argv...)
 	cmd.Env = append(env.Environ(), runMainEnv+"=1")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -130,6 +134,9 @@ func startAgent(t *testing.T, env *nixtest.Env) *agentProcess {
 			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "nio-agent listening" {
 				addr <- rec.Addr
 			}
+			a.mu.Lock()
+			a.log = append(a.log, sc.Text())
+			a.mu.Unlock()
 			t.Log(sc.Text())
 		}
 	}()

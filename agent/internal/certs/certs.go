@@ -127,6 +127,11 @@ func (s *Store) ServerConfig() *tls.Config {
 	}
 }
 
+// ErrNotOperator is the handshake error of a client certificate that chains to the
+// CA but lacks the operator identity: another of the CA's certificates (a machine's),
+// or a misissued one.
+var ErrNotOperator = errors.New("client certificate lacks the operator identity " + identity.OperatorURI)
+
 // VerifyOperator refuses a connection whose verified client certificate lacks the
 // operator identity (identity.OperatorURI as a URI SAN).
 func VerifyOperator(cs tls.ConnectionState) error {
@@ -134,7 +139,7 @@ func VerifyOperator(cs tls.ConnectionState) error {
 		return errors.New("no verified client certificate")
 	}
 	if !identity.IsOperator(cs.VerifiedChains[0][0]) {
-		return fmt.Errorf("client certificate lacks the operator identity %s", identity.OperatorURI)
+		return ErrNotOperator
 	}
 	return nil
 }

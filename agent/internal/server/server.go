@@ -53,7 +53,10 @@ type Config struct {
 	HealthSystemdRun bool
 	// Version is reported by Status.
 	Version string
-	Logger  *slog.Logger
+	// RefusedHandshakes, when set, gives Status.refused_handshakes: the TLS
+	// handshakes refused since the start, by reason (handshake.Recorder.Counts).
+	RefusedHandshakes func() map[string]uint64
+	Logger            *slog.Logger
 
 	// crashAt, in tests, is called at each step of an operation (the journal's
 	// step names, and "profile-set", "activated", "health-checked",
@@ -166,6 +169,9 @@ func (s *Server) Status(ctx context.Context, _ *agentv1.StatusRequest) (*agentv1
 	s.mu.Unlock()
 	if s.cfg.Certs != nil {
 		resp.CertificateNotAfter = timestamppb.New(s.cfg.Certs.NotAfter())
+	}
+	if s.cfg.RefusedHandshakes != nil {
+		resp.RefusedHandshakes = s.cfg.RefusedHandshakes()
 	}
 	return resp, nil
 }

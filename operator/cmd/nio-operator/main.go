@@ -29,6 +29,7 @@ import (
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/operator/internal/transport"
+	"github.com/homystack/nio/operator/internal/webhook"
 )
 
 // version is set at build time (-ldflags "-X main.version=...").
@@ -53,6 +54,10 @@ type options struct {
 	sshStateDir, agentTLSDir string
 	webhookAddr              string
 	webhookSecret            string
+	webhookRefusedBurst      int
+	webhookRefusedInterval   time.Duration
+	webhookTrustedProxies    string
+	webhookReplayWindow      time.Duration
 }
 
 func main() {
@@ -76,7 +81,11 @@ func main() {
 	flag.StringVar(&o.sshStateDir, "ssh-state-dir", transport.DefaultSSHStateDir, "Directory on hosts where SSH applies unpack sources.")
 	flag.StringVar(&o.agentTLSDir, "agent-tls-dir", transport.DefaultAgentTLSDir, "The agent's --tls-dir on hosts, where SSH delivers its identity.")
 	flag.StringVar(&o.webhookAddr, "webhook-bind-address", "", "Address of the push webhook receiver (empty: off).")
-	flag.StringVar(&o.webhookSecret, "webhook-secret", "nio-webhook", "Secret in --namespace whose key `token` verifies webhook payloads.")
+	flag.StringVar(&o.webhookSecret, "webhook-secret", "nio-webhook", "Secret in --namespace whose key `token` verifies webhook payloads (watched; the Role allows nio-webhook).")
+	flag.IntVar(&o.webhookRefusedBurst, "webhook-refused-burst", webhook.DefaultRefusedBurst, "Refused webhook deliveries (no or a wrong signature, not a POST, oversize, a replay) one source may send in a row before it is answered 429; 0: no limit.")
+	flag.DurationVar(&o.webhookRefusedInterval, "webhook-refused-interval", webhook.DefaultRefusedInterval, "A source earns one more refused delivery back per interval.")
+	flag.StringVar(&o.webhookTrustedProxies, "webhook-trusted-proxies", "", "Comma-separated CIDRs of the reverse proxies (the Ingress controller's Pods) whose X-Forwarded-For names the source of a delivery; empty: the TCP peer is the source.")
+	flag.DurationVar(&o.webhookReplayWindow, "webhook-replay-window", webhook.DefaultReplayWindow, "How long a handled push is remembered (by delivery ID; for GitHub, Gitea and Forgejo also by its signed body): a replay in the window triggers nothing; 0: not remembered.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	showVersion := flag.Bool("version", false, "Print the version and exit.")

@@ -18,6 +18,7 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/host/hosttest"
+	"github.com/homystack/nio/operator/internal/transport"
 )
 
 // fleetTimeout bounds each wait of the fleet scenarios: a rollout is a few passes of
@@ -202,6 +203,7 @@ func TestFleetRollouts(t *testing.T) {
 	}{
 		{"canary passes, then the batches follow in order", fleetCanaryThenBatches},
 		{"a failed canary pauses the rollout until promoted", fleetCanaryFailurePauses},
+		{"a canary failing its health checks reverts, nothing else moves", fleetCanaryHealthFailureReverts},
 		{"a failed batch reverts the Machines moved before", fleetBatchFailureReverts},
 		{"Machines leaving and joining the selector", fleetSelectorChange},
 		{"a new commit during a batch supersedes the rollout", fleetSupersede},
@@ -376,6 +378,56 @@ func fleetCanaryFailurePauses(t *testing.T, f *fleetFixture) {
 		t.Errorf("the failed canary records %s applied", c.Status.AppliedCommit)
 	}
 	f.waitEvent("web", corev1.EventTypeNormal, "Promoted")
+}
+
+// The template's health checks reach every host; the canary's fail on the new commit
+// (its agent rolled back), so with onFailure Revert the canary's configuration goes
+// back to the first commit and no other Machine is given the second.
+func fleetCanaryHealthFailureReverts(t *testing.T, f *fleetFixture) {
+	f.machines(web, "web-01", "web-02", "web-03")
+	first := f.commit("1")
+	f.create(f.fleet("web", func(fl *nio.NixosFleet) {
+		fl.Spec.Strategy = nio.RolloutStrategy{Canary: 1, OnFailure: nio.FailureRevert}
+		fl.Spec.Template.HealthChecks = &nio.HealthChecks{
+			Timeout: &metav1.Duration{Duration: time.Minute},
+			Checks:  []nio.HealthCheck{{Name: "web", HTTP: &nio.HTTPHealthCheck{URL: "http://127.0.0.1:8080/healthz"}}},
+		}
+	}))
+	f.waitFleet("web", "first rollout", rolledOut(first, 3))
+	for _, h := range []string{"web-01", "web-02", "web-03"} {
+		ops := f.opsOf(h, first)
+		if len(ops) != 1 || ops[0].HealthChecks == nil || len(ops[0].HealthChecks.Checks) != 1 || ops[0].HealthChecks.Checks[0].Name != "web" {
+			t.Fatalf("%s: the first commit's apply carried health checks %+v, want the template's", h, ops)
+		}
+	}
+
+	second := f.commit("2")
+	f.hosts.Host("web-01").Set(func(h *hosttest.Host) {
+		h.FailHealth[second] = hosttest.HealthFailure{Check: "web", Message: "GET http://127.0.0.1:8080/healthz: connection refused"}
+	})
+	fl := f.waitFleet("web", "the revert of the canary", phase(second, nio.RolloutReverted, ReasonReverted))
+	stalled := condition(fl.Status.Conditions, nio.ConditionStalled)
+	if stalled == nil || !strings.Contains(stalled.Message, "web-01: "+ReasonHealthCheckFailed) || !strings.Contains(stalled.Message, "health check web failed") {
+		t.Errorf("Stalled = %+v, want Reverted naming web-01, HealthCheckFailed and the check", stalled)
+	}
+	if ops := f.opsOf("web-01", second); len(ops) != 1 || ops[0].Outcome != transport.OutcomeRolledBack || ops[0].Health == nil || ops[0].Health.Passed {
+		t.Errorf("web-01's applies of the second commit %+v, want one, rolled back by its failed checks", ops)
+	}
+	if got := f.commits("web-01"); !slices.Equal(got, short(first, first)) {
+		t.Errorf("web-01 applied %v successfully, want the first commit, and again after the revert", got)
+	}
+	for _, h := range []string{"web-02", "web-03"} {
+		if ops := f.opsOf(h, second); len(ops) != 0 {
+			t.Errorf("%s got the commit that failed the canary's health checks: %+v", h, ops)
+		}
+	}
+	c := getConfig(t, f.ns, "web-web-01")
+	if c.Spec.Ref != first || c.Status.AppliedCommit != first {
+		t.Errorf("the canary's configuration is on %s, applied %s; want both on the first commit", shortCommit(c.Spec.Ref), shortCommit(c.Status.AppliedCommit))
+	}
+	if h := c.Status.History; len(h) < 2 || h[1].Commit != second || h[1].Result != nio.ResultRolledBack || !strings.Contains(h[1].Message, "health check web failed") {
+		t.Errorf("the canary's history %+v, want the second commit RolledBack by its check before the revert", h)
+	}
 }
 
 func fleetBatchFailureReverts(t *testing.T, f *fleetFixture) {

@@ -14,7 +14,12 @@ const (
 	ReasonSecret    = "secret"    // the shared secret could not be read, or is empty (503)
 	ReasonSignature = "signature" // signature or token missing or wrong (401)
 	ReasonPayload   = "payload"   // verified, but not a push NIO can read (400)
+	ReasonReplay    = "replay"    // verified push handled before (200 "duplicate")
+	ReasonThrottled = "throttled" // the source has no refused delivery left (429)
 )
+
+// reasons are every value of the reason label.
+var reasons = []string{ReasonMethod, ReasonSize, ReasonSecret, ReasonSignature, ReasonPayload, ReasonReplay, ReasonThrottled}
 
 type metrics struct {
 	received      *prometheus.CounterVec
@@ -34,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "nio_webhook_verified_total", Help: "Deliveries whose signature or token matched the shared secret, by provider.",
 		}, []string{"provider"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nio_webhook_rejected_total", Help: "Deliveries refused, by provider and reason (method, size, secret, signature, payload).",
+			Name: "nio_webhook_rejected_total", Help: "Deliveries refused, by provider and reason (method, size, secret, signature, payload, replay, throttled).",
 		}, []string{"provider", "reason"}),
 		triggered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nio_webhook_triggered_configurations_total", Help: "NixosConfigurations and NixosFleets triggered by verified pushes, by provider (a fleet counts once for all its Machines).",
@@ -49,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.verified.WithLabelValues(name)
 		m.triggered.WithLabelValues(name)
 		m.triggerErrors.WithLabelValues(name)
-		for _, reason := range []string{ReasonMethod, ReasonSize, ReasonSecret, ReasonSignature, ReasonPayload} {
+		for _, reason := range reasons {
 			m.rejected.WithLabelValues(name, reason)
 		}
 	}

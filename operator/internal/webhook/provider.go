@@ -39,10 +39,18 @@ type provider struct {
 	// pushEvents are the eventHeader values that mean "refs moved".
 	pushEvents []string
 	// deliveryHeader carries the forge's delivery ID, logged so that a line can be
-	// found from the forge's "recent deliveries" page.
+	// found from the forge's "recent deliveries" page; a second push with an ID seen
+	// before is a replay (replay.go).
 	deliveryHeader string
-	verify         func(h http.Header, body, secret []byte) error
-	parse          func(payload []byte) (push, error)
+	// authHeader carries the signature or token that verify checks: a source over
+	// its limit of refused deliveries is answered 429 at once when it sends none.
+	authHeader string
+	// uniqueBody: the signature covers the body and every push's body differs (it
+	// carries the push time), so a body seen before is a replay whatever its
+	// (unsigned) delivery header says.
+	uniqueBody bool
+	verify     func(h http.Header, body, secret []byte) error
+	parse      func(payload []byte) (push, error)
 	// form: the forge can post application/x-www-form-urlencoded with the JSON in a
 	// `payload` field (the signature still covers the raw body).
 	form bool
@@ -60,6 +68,7 @@ var providers = map[string]*provider{
 		name: ProviderGitHub, eventHeader: "X-GitHub-Event", pushEvents: []string{"push"},
 		deliveryHeader: "X-GitHub-Delivery",
 		// Only the SHA-256 signature: the legacy X-Hub-Signature is HMAC-SHA1.
+		authHeader: "X-Hub-Signature-256", uniqueBody: true,
 		verify: hmacHeader("X-Hub-Signature-256", "sha256="),
 		parse:  parseRepositoryPayload, form: true,
 	},
@@ -68,32 +77,44 @@ var providers = map[string]*provider{
 		// A configuration may follow a tag, so tag pushes count.
 		pushEvents:     []string{"Push Hook", "Tag Push Hook"},
 		deliveryHeader: "X-Gitlab-Event-UUID",
-		verify:         tokenHeader("X-Gitlab-Token"),
-		parse:          parseGitLab,
+		// The token signs nothing, so the body is no proof of a replay.
+		authHeader: "X-Gitlab-Token",
+		verify:     tokenHeader("X-Gitlab-Token"),
+		parse:      parseGitLab,
 	},
 	// Forgejo also sends the X-Gitea-* headers, so a Forgejo hook may use either path.
 	ProviderGitea: {
 		name: ProviderGitea, eventHeader: "X-Gitea-Event", pushEvents: []string{"push"},
 		deliveryHeader: "X-Gitea-Delivery",
-		verify:         hmacHeader("X-Gitea-Signature", ""),
-		parse:          parseRepositoryPayload, form: true,
+		authHeader:     "X-Gitea-Signature", uniqueBody: true,
+		verify: hmacHeader("X-Gitea-Signature", ""),
+		parse:  parseRepositoryPayload, form: true,
 	},
 	ProviderForgejo: {
 		name: ProviderForgejo, eventHeader: "X-Forgejo-Event", pushEvents: []string{"push"},
 		deliveryHeader: "X-Forgejo-Delivery",
-		verify:         hmacHeader("X-Forgejo-Signature", ""),
-		parse:          parseRepositoryPayload, form: true,
+		authHeader:     "X-Forgejo-Signature", uniqueBody: true,
+		verify: hmacHeader("X-Forgejo-Signature", ""),
+		parse:  parseRepositoryPayload, form: true,
 	},
 	ProviderGeneric: {
-		name: ProviderGeneric, deliveryHeader: "X-NIO-Delivery",
-		verify: hmacHeader(GenericSignatureHeader, "sha256="),
-		parse:  parseGeneric,
+		// A CI job may post the same body for every push: only the delivery
+		// header, when sent, tells a replay.
+		name: ProviderGeneric, deliveryHeader: GenericDeliveryHeader,
+		authHeader: GenericSignatureHeader,
+		verify:     hmacHeader(GenericSignatureHeader, "sha256="),
+		parse:      parseGeneric,
 	},
 }
 
 // GenericSignatureHeader carries `sha256=<hex HMAC-SHA256 of the body>` on
 // deliveries to /hook/generic, for CI jobs and git hooks that are not a forge.
 const GenericSignatureHeader = "X-NIO-Signature-256"
+
+// GenericDeliveryHeader optionally carries a unique ID of a delivery to
+// /hook/generic; a second delivery with the same ID within the replay window is
+// ignored. It is not signed: it stops a sender's own retries and naive replays.
+const GenericDeliveryHeader = "X-NIO-Delivery"
 
 // GenericPush is the body /hook/generic accepts. Only Repository is required; Ref
 // and After are logged.

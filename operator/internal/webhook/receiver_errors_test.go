@@ -8,7 +8,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,6 +99,58 @@ func TestUnreadableOrEmptySecretRefusesEverything(t *testing.T) {
 				t.Errorf("rejected{secret} %v, want 1", got)
 			}
 		})
+	}
+}
+
+// A missing Secret is one log line a minute, not one per delivery (a flood on the
+// public endpoint must not become a flood of error lines).
+func TestUnusableSecretIsLoggedOncePerMinute(t *testing.T) {
+	var mu sync.Mutex
+	var errorLines int
+	logger := funcr.New(func(_, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if strings.Contains(args, `"msg"="read webhook secret"`) {
+			errorLines++
+		}
+	}, funcr.Options{})
+	var broken atomic.Bool
+	broken.Store(true)
+	h := newHarness(t, func(o *Options) {
+		o.Logger = logger
+		o.Secret = func(context.Context) ([]byte, error) {
+			if broken.Load() {
+				return nil, errors.New(`secrets "nio-webhook" not found`)
+			}
+			return []byte(testSecret), nil
+		}
+	})
+	clk := &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	h.rc.now = clk.Now
+	lines := func() int { mu.Lock(); defer mu.Unlock(); return errorLines }
+	body := fixture(t, "generic-push.json")
+
+	for range 100 {
+		expectStatus(t, h.post(ProviderGeneric, nil, body), http.StatusServiceUnavailable)
+	}
+	if n := lines(); n != 1 {
+		t.Fatalf("%d error lines for 100 deliveries, want 1", n)
+	}
+	clk.Advance(time.Minute)
+	h.post(ProviderGeneric, nil, body)
+	if n := lines(); n != 2 {
+		t.Fatalf("%d error lines a minute later, want 2", n)
+	}
+	// Fixed, then broken again: told at once.
+	broken.Store(false)
+	expectStatus(t, h.post(ProviderGeneric, signedGeneric(body), body), http.StatusAccepted)
+	broken.Store(true)
+	h.post(ProviderGeneric, nil, body)
+	if n := lines(); n != 3 {
+		t.Fatalf("%d error lines after the secret broke again, want 3", n)
+	}
+	if got := h.counter(h.rc.metrics.rejected, ProviderGeneric, ReasonSecret); got != 102 {
+		t.Errorf("rejected{secret} %v, want 102", got)
 	}
 }
 
@@ -190,7 +244,7 @@ func TestMetricsAreRegisteredWithTheGivenRegisterer(t *testing.T) {
 
 	for name, want := range map[string]int{
 		"nio_webhook_received_total":                 5,  // one series per provider, from the start
-		"nio_webhook_rejected_total":                 25, // provider × reason
+		"nio_webhook_rejected_total":                 35, // provider × reason
 		"nio_webhook_triggered_configurations_total": 5,
 	} {
 		if n, err := testutil.GatherAndCount(h.reg, name); err != nil || n != want {

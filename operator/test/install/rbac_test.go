@@ -12,6 +12,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -20,18 +21,44 @@ import (
 
 // asOperator is a client that acts as the operator's ServiceAccount, through
 // impersonation: what it may do is exactly what the installed bindings grant.
-func asOperator(t *testing.T) client.Client {
+func asOperator(t *testing.T) client.WithWatch {
 	t.Helper()
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{
 		UserName: "system:serviceaccount:" + operatorNamespace + ":" + operatorSA,
 		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"},
 	}
-	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// checkWebhookSecretAccess checks that the operator can list and watch its webhook
+// Secret by name in its namespace — what its Secret cache does — and that this is
+// all: not the namespace's other Secrets, and no list without the name.
+func checkWebhookSecretAccess(t *testing.T, op client.WithWatch) {
+	t.Helper()
+	ctx := context.Background()
+	byName := client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", "nio-webhook")}
+	home := client.InNamespace(operatorNamespace)
+	if err := op.List(ctx, &corev1.SecretList{}, home, byName); err != nil {
+		t.Errorf("the operator cannot list its webhook Secret by name: %v", err)
+	}
+	w, err := op.Watch(ctx, &corev1.SecretList{}, home, byName)
+	if err != nil {
+		t.Errorf("the operator cannot watch its webhook Secret by name: %v", err)
+	} else {
+		w.Stop()
+	}
+	if err := op.List(ctx, &corev1.SecretList{}, home); !apierrors.IsForbidden(err) {
+		t.Errorf("the operator may list every Secret of %s (want Forbidden, got %v)", operatorNamespace, err)
+	}
+	other := client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("metadata.name", "some-app-secret")}
+	if err := op.List(ctx, &corev1.SecretList{}, home, other); !apierrors.IsForbidden(err) {
+		t.Errorf("the operator may list another Secret of %s by name (want Forbidden, got %v)", operatorNamespace, err)
+	}
 }
 
 func validMachine(namespace, name string) *nio.Machine {

@@ -60,6 +60,8 @@ func TestWatchNamespacesScopesTheOperator(t *testing.T) {
 	if err := op.Get(ctx, client.ObjectKey{Namespace: other, Name: "git-credentials"}, &corev1.Secret{}); !apierrors.IsForbidden(err) {
 		t.Errorf("operator reading a Secret of unmanaged %s: %v, want forbidden", other, err)
 	}
+	// Its own namespace is not managed: the Role alone lets it watch the webhook Secret.
+	checkWebhookSecretAccess(t, op)
 
 	// Back to cluster-wide.
 	mustSucceed(t, clusterEnv(), "--no-deployment")

@@ -1959,9 +1959,15 @@ type StatusResponse struct {
 	NeedsReboot bool `protobuf:"varint,9,opt,name=needs_reboot,json=needsReboot,proto3" json:"needs_reboot,omitempty"`
 	// What this agent can do beyond the first protocol: "health-checks"
 	// (ApplyHeader.health_checks). The operator sends nothing a host would ignore.
-	Features      []string `protobuf:"bytes,10,rep,name=features,proto3" json:"features,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Features []string `protobuf:"bytes,10,rep,name=features,proto3" json:"features,omitempty"`
+	// TLS handshakes the agent refused since it started, by reason: no_certificate,
+	// unknown_ca (not the operator CA of the host's ca.crt), expired (or not yet
+	// valid), wrong_identity (chains to the CA but is not the operator's), other (not
+	// TLS, an old version, a timeout). Every reason is present. Each refusal is also
+	// logged on the host with the peer's address, at a bounded rate.
+	RefusedHandshakes map[string]uint64 `protobuf:"bytes,11,rep,name=refused_handshakes,json=refusedHandshakes,proto3" json:"refused_handshakes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -2060,6 +2066,13 @@ func (x *StatusResponse) GetNeedsReboot() bool {
 func (x *StatusResponse) GetFeatures() []string {
 	if x != nil {
 		return x.Features
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRefusedHandshakes() map[string]uint64 {
+	if x != nil {
+		return x.RefusedHandshakes
 	}
 	return nil
 }
@@ -2667,7 +2680,7 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"store_path\x18\t \x01(\tR\tstorePath\x12)\n" +
 	"\x05phase\x18\n" +
-	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\xa7\x03\n" +
+	" \x01(\x0e2\x13.nio.agent.v1.PhaseR\x05phase\"\xd1\x04\n" +
 	"\x0eStatusResponse\x12%\n" +
 	"\x0ecurrent_system\x18\x01 \x01(\tR\rcurrentSystem\x12#\n" +
 	"\rbooted_system\x18\x02 \x01(\tR\fbootedSystem\x12\x1e\n" +
@@ -2681,7 +2694,11 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\bhostname\x18\b \x01(\tR\bhostname\x12!\n" +
 	"\fneeds_reboot\x18\t \x01(\bR\vneedsReboot\x12\x1a\n" +
 	"\bfeatures\x18\n" +
-	" \x03(\tR\bfeatures\"\x0e\n" +
+	" \x03(\tR\bfeatures\x12b\n" +
+	"\x12refused_handshakes\x18\v \x03(\v23.nio.agent.v1.StatusResponse.RefusedHandshakesEntryR\x11refusedHandshakes\x1aD\n" +
+	"\x16RefusedHandshakesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x0e\n" +
 	"\fFactsRequest\"0\n" +
 	"\rFactsResponse\x12\x1f\n" +
 	"\vreport_json\x18\x01 \x01(\fR\n" +
@@ -2754,7 +2771,7 @@ func file_nio_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_nio_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(Action)(0),                      // 0: nio.agent.v1.Action
 	(Phase)(0),                       // 1: nio.agent.v1.Phase
@@ -2791,8 +2808,9 @@ var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(*SignedCertificate)(nil),        // 32: nio.agent.v1.SignedCertificate
 	(*RenewCertificateResponse)(nil), // 33: nio.agent.v1.RenewCertificateResponse
 	(*CertificateInstalled)(nil),     // 34: nio.agent.v1.CertificateInstalled
-	(*durationpb.Duration)(nil),      // 35: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
+	nil,                              // 35: nio.agent.v1.StatusResponse.RefusedHandshakesEntry
+	(*durationpb.Duration)(nil),      // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
 }
 var file_nio_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 0: nio.agent.v1.ApplyRequest.header:type_name -> nio.agent.v1.ApplyHeader
@@ -2801,55 +2819,56 @@ var file_nio_agent_v1_agent_proto_depIdxs = []int32{
 	5,  // 3: nio.agent.v1.ApplyHeader.flake:type_name -> nio.agent.v1.FlakeTarget
 	6,  // 4: nio.agent.v1.ApplyHeader.module:type_name -> nio.agent.v1.ModuleTarget
 	0,  // 5: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
-	35, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
+	36, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
 	15, // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
-	35, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
+	36, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
 	8,  // 9: nio.agent.v1.ApplyHeader.health_checks:type_name -> nio.agent.v1.HealthChecks
 	9,  // 10: nio.agent.v1.HealthChecks.checks:type_name -> nio.agent.v1.HealthCheck
-	35, // 11: nio.agent.v1.HealthChecks.timeout:type_name -> google.protobuf.Duration
-	35, // 12: nio.agent.v1.HealthChecks.interval:type_name -> google.protobuf.Duration
+	36, // 11: nio.agent.v1.HealthChecks.timeout:type_name -> google.protobuf.Duration
+	36, // 12: nio.agent.v1.HealthChecks.interval:type_name -> google.protobuf.Duration
 	10, // 13: nio.agent.v1.HealthCheck.units:type_name -> nio.agent.v1.UnitsCheck
 	11, // 14: nio.agent.v1.HealthCheck.http:type_name -> nio.agent.v1.HttpCheck
 	12, // 15: nio.agent.v1.HealthCheck.command:type_name -> nio.agent.v1.CommandCheck
-	35, // 16: nio.agent.v1.CommandCheck.timeout:type_name -> google.protobuf.Duration
+	36, // 16: nio.agent.v1.CommandCheck.timeout:type_name -> google.protobuf.Duration
 	14, // 17: nio.agent.v1.HealthReport.results:type_name -> nio.agent.v1.HealthCheckResult
-	36, // 18: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
+	37, // 18: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
 	19, // 19: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
 	20, // 20: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
 	21, // 21: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
 	22, // 22: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
 	1,  // 23: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
-	36, // 24: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	37, // 24: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
 	3,  // 25: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
 	2,  // 26: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
 	13, // 27: nio.agent.v1.ApplyResult.health:type_name -> nio.agent.v1.HealthReport
 	0,  // 28: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
 	2,  // 29: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
-	36, // 30: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
-	36, // 31: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
+	37, // 30: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
+	37, // 31: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
 	1,  // 32: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
 	24, // 33: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
-	36, // 34: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	2,  // 35: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
-	31, // 36: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
-	32, // 37: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
-	34, // 38: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
-	36, // 39: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
-	4,  // 40: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
-	23, // 41: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
-	26, // 42: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
-	28, // 43: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
-	30, // 44: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
-	18, // 45: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
-	25, // 46: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
-	27, // 47: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
-	29, // 48: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
-	33, // 49: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
-	45, // [45:50] is the sub-list for method output_type
-	40, // [40:45] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	37, // 34: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	35, // 35: nio.agent.v1.StatusResponse.refused_handshakes:type_name -> nio.agent.v1.StatusResponse.RefusedHandshakesEntry
+	2,  // 36: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
+	31, // 37: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
+	32, // 38: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
+	34, // 39: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
+	37, // 40: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 41: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
+	23, // 42: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
+	26, // 43: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
+	28, // 44: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
+	30, // 45: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
+	18, // 46: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
+	25, // 47: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
+	27, // 48: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
+	29, // 49: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
+	33, // 50: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
+	46, // [46:51] is the sub-list for method output_type
+	41, // [41:46] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_nio_agent_v1_agent_proto_init() }
@@ -2891,7 +2910,7 @@ func file_nio_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nio_agent_v1_agent_proto_rawDesc), len(file_nio_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
