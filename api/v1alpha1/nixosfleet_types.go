@@ -198,15 +198,19 @@ type NixosFleetStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// Selected is how many Machines the selector matches.
+	// +kubebuilder:default=0
 	// +optional
 	Selected int32 `json:"selected"`
 	// Updated is how many run the rollout's revision (applied and Ready).
+	// +kubebuilder:default=0
 	// +optional
 	Updated int32 `json:"updated"`
 	// Ready is how many have a Ready configuration of the fleet, on any revision.
+	// +kubebuilder:default=0
 	// +optional
 	Ready int32 `json:"ready"`
 	// Failed is how many failed the rollout's revision.
+	// +kubebuilder:default=0
 	// +optional
 	Failed int32 `json:"failed"`
 
