@@ -127,12 +127,17 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := stack.Control.Machine(ctx, harness.GuideNamespace, installMachine)
-	if err != nil {
+	// The Machine controller takes the key from the configuration's status on its
+	// next pass (it is the Machine's one writer): wait for it, then lose the status.
+	want := ssh.FingerprintSHA256(pub)
+	if err := harness.WaitFor(ctx, "Machine "+installMachine+" takes the generated host key "+want, time.Minute, func() (bool, string, error) {
+		m, err := stack.Control.Machine(ctx, harness.GuideNamespace, installMachine)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return m.Status.SSHHostKeyFingerprint == want, "sshHostKeyFingerprint " + m.Status.SSHHostKeyFingerprint, nil
+	}); err != nil {
 		t.Fatal(err)
-	}
-	if m.Status.SSHHostKeyFingerprint != ssh.FingerprintSHA256(pub) {
-		t.Errorf("Machine sshHostKeyFingerprint = %q, want the generated host key's %q", m.Status.SSHHostKeyFingerprint, ssh.FingerprintSHA256(pub))
 	}
 
 	// Lose the status: delete and re-create the configuration, with the agent down so
