@@ -263,17 +263,27 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostKeyMismatch, msg)
 		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostKeyMismatch, msg)
 	case st.Discoverable:
-		how := "agent"
-		if !p.AgentReachable {
-			how = "SSH"
-		}
-		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionTrue, ReasonReachable, "reachable over "+how)
-		return outcome.Success{Reason: ReasonReachable, Message: "reachable over " + how, RequeueAfter: r.probeInterval()}, nil
+		how := reachableOver(p)
+		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionTrue, ReasonReachable, how)
+		return outcome.Success{Reason: ReasonReachable, Message: how, RequeueAfter: r.probeInterval()}, nil
 	default:
 		msg := fmt.Sprintf("agent: %s; ssh: %s", errText(p.AgentError, "disabled"), errText(p.SSHError, "not configured"))
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostUnreachable, msg)
 		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostUnreachable, msg)
 	}
+}
+
+// reachableOver says which ways answered a probe that reached the host.
+func reachableOver(p transport.ProbeResult) string {
+	switch {
+	case p.AgentReachable && p.SSHSkipped:
+		return "reachable over agent (SSH not probed while the agent answers and the host key is recorded)"
+	case p.AgentReachable && p.SSHReachable:
+		return "reachable over agent and SSH"
+	case p.AgentReachable:
+		return "reachable over agent"
+	}
+	return "reachable over SSH"
 }
 
 func errText(err error, otherwise string) string {

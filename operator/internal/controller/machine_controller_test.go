@@ -76,7 +76,8 @@ func TestMachineStatusTellsTheTruth(t *testing.T) {
 }
 
 // TestMachineHostKeyMismatchAndUnreachable: a changed host key is Reachable=False
-// HostKeyMismatch (the recorded fingerprint kept); a host that answers nothing is
+// HostKeyMismatch (the recorded fingerprint kept) once SSH is probed (the agent
+// down: while it answers, SSH is not logged into); a host that answers nothing is
 // Reachable=False HostUnreachable.
 func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 	f := newFixture(t)
@@ -88,7 +89,7 @@ func TestMachineHostKeyMismatchAndUnreachable(t *testing.T) {
 		}
 		return nil
 	})
-	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.SSHMismatch = true })
+	fleet.Host("worker-01").Set(func(h *hosttest.Host) { h.SSHMismatch, h.AgentUp = true, false })
 	eventually(t, 20*time.Second, "mismatch reported", func() error {
 		m := getMachine(t, f.ns, "worker-01")
 		c := condition(m.Status.Conditions, nio.ConditionReachable)

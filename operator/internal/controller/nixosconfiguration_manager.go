@@ -40,8 +40,7 @@ func secretRefs(c *nio.NixosConfiguration) []string {
 }
 
 // SetupWithManager registers the controller, its indexes and its watches: the
-// configuration itself, its Machine (including status: facts and the running system
-// feed decisions), the Secrets it reads, and the other configurations of its Machine
+// configuration itself, its Machine (the fields a pass reads: machineReadChanged), the Secrets it reads, and the other configurations of its Machine
 // (so the next in line takes over when the owner goes).
 func (r *NixosConfigurationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, concurrency int) error {
 	idx := mgr.GetFieldIndexer()
@@ -69,7 +68,8 @@ func (r *NixosConfigurationReconciler) SetupWithManager(ctx context.Context, mgr
 		// events, so a pass never triggers itself.
 		For(&nio.NixosConfiguration{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
-		Watches(&nio.Machine{}, handler.EnqueueRequestsFromMapFunc(r.byIndex(indexMachineRef))).
+		Watches(&nio.Machine{}, handler.EnqueueRequestsFromMapFunc(r.byIndex(indexMachineRef)),
+			builder.WithPredicates(machineReadChanged)).
 		// Secrets are watched as metadata only: their data never sits in the cache
 		// (reads go to the API server), but a change still triggers a pass.
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.byIndex(indexSecretRefs))).
@@ -130,4 +130,69 @@ var deleting = predicate.Funcs{
 	UpdateFunc:  func(e event.UpdateEvent) bool { return !e.ObjectNew.GetDeletionTimestamp().IsZero() },
 	DeleteFunc:  func(event.DeleteEvent) bool { return true },
 	GenericFunc: func(event.GenericEvent) bool { return false },
+}
+
+// machineReadChanged passes the Machine events a configuration's pass may decide
+// differently on: creation, deletion, and an update of a field the pass reads. A
+// probe only bumping status.agent.lastSeenTime (every probe interval, on every
+// Machine) is not one: at fleet scale it would run every configuration's full pass
+// (ls-remote, Secret and facter reads) once a minute for nothing.
+var machineReadChanged = predicate.Funcs{
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		o, okOld := e.ObjectOld.(*nio.Machine)
+		n, okNew := e.ObjectNew.(*nio.Machine)
+		if !okOld || !okNew {
+			return true
+		}
+		return machineReadOf(o) != machineReadOf(n)
+	},
+}
+
+// machineRead is what a configuration's pass reads of its Machine, as a comparable
+// value.
+type machineRead struct {
+	// generation covers the spec: address, ports, SSH user and key, agent disabled.
+	generation int64
+	deleting   bool
+	// appliedConfiguration decides which configuration owns the Machine (claim,
+	// deletion).
+	appliedConfiguration string
+	// sshHostKeyFingerprint is enforced by the SSH transport a pass opens.
+	sshHostKeyFingerprint string
+	// discoverable and agentConnected: a host coming back retries a pass that found
+	// it unreachable, and the agent coming back one whose health checks need it.
+	discoverable, agentConnected bool
+	// currentSystem and seenSinceApply feed drifted(): another system running, or
+	// the first answer of the agent after the last apply (drift is judged only on
+	// an answer later than the apply).
+	currentSystem  string
+	seenSinceApply bool
+	// facts: a new nixos-facter report (the summary's ConfigMap, and the scan time,
+	// which moves even when the summary does not).
+	facts    nio.FactsSummary
+	hasFacts bool
+	scanTime int64
+}
+
+func machineReadOf(m *nio.Machine) machineRead {
+	st := m.Status
+	r := machineRead{
+		generation: m.Generation, deleting: !m.DeletionTimestamp.IsZero(),
+		appliedConfiguration: st.AppliedConfiguration, sshHostKeyFingerprint: st.SSHHostKeyFingerprint,
+		discoverable: st.Discoverable,
+	}
+	if st.System != nil {
+		r.currentSystem = st.System.CurrentSystem
+	}
+	if a := st.Agent; a != nil {
+		r.agentConnected = a.Connected
+		r.seenSinceApply = a.LastSeenTime != nil && st.LastAppliedTime != nil && a.LastSeenTime.After(st.LastAppliedTime.Time)
+	}
+	if st.Facts != nil {
+		r.facts, r.hasFacts = *st.Facts, true
+	}
+	if st.LastHardwareScanTime != nil {
+		r.scanTime = st.LastHardwareScanTime.UnixNano()
+	}
+	return r
 }

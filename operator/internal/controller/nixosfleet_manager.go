@@ -65,7 +65,7 @@ func (r *NixosFleetReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&nio.NixosConfiguration{}).
 		Watches(&nio.Machine{}, handler.EnqueueRequestsFromMapFunc(r.fleetsOfMachine),
-			builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{}))).
+			builder.WithPredicates(machineSelectionChanged)).
 		Watches(&nio.NixosConfiguration{}, handler.EnqueueRequestsFromMapFunc(r.fleetsOfForeignConfiguration),
 			builder.WithPredicates(appearsOrGoes)).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.fleetsOfSecret)).
@@ -128,3 +128,8 @@ var appearsOrGoes = predicate.Funcs{
 	DeleteFunc:  func(event.DeleteEvent) bool { return true },
 	GenericFunc: func(event.GenericEvent) bool { return false },
 }
+
+// machineSelectionChanged passes the Machine updates a fleet acts on: its labels (the
+// selector) and its spec (the hostname its flake names). Status, probes included, is
+// not read.
+var machineSelectionChanged = predicate.Or(predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{})

@@ -96,7 +96,17 @@ func (f *Fallback) Confirm(ctx context.Context, operationID string) error {
 	return f.Agent.Confirm(ctx, operationID)
 }
 
-// Probe reports both ways to the host.
+// hostKeyRecorder is an SSH way that knows whether the host key it will enforce is
+// already pinned or recorded (SSH is).
+type hostKeyRecorder interface {
+	HostKeyRecorded() bool
+}
+
+// Probe reports the ways to the host. SSH is logged into only when it has something
+// to tell: the agent does not answer (is SSH the way then?), or the host key is not
+// recorded yet (the first login records it). An agent answering over mTLS proves the
+// host reachable; a login per probe per Machine would be all the SSH traffic of an
+// idle fleet. SSHSkipped says SSH was left alone.
 func (f *Fallback) Probe(ctx context.Context) ProbeResult {
 	var p ProbeResult
 	if f.Agent != nil {
@@ -105,11 +115,19 @@ func (f *Fallback) Probe(ctx context.Context) ProbeResult {
 	} else {
 		p.AgentError = errors.New("the agent is disabled")
 	}
-	if f.SSH != nil {
+	switch {
+	case f.SSH == nil:
+		p.SSHError = errors.New("the Machine has no SSH key")
+	case p.AgentReachable && hostKeyRecorded(f.SSH):
+		p.SSHSkipped = true
+	default:
 		s := f.SSH.Probe(ctx)
 		p.SSHReachable, p.SSHError, p.SSHHostKeyFingerprint = s.SSHReachable, s.SSHError, s.SSHHostKeyFingerprint
-	} else {
-		p.SSHError = errors.New("the Machine has no SSH key")
 	}
 	return p
+}
+
+func hostKeyRecorded(t Transport) bool {
+	k, ok := t.(hostKeyRecorder)
+	return ok && k.HostKeyRecorded()
 }

@@ -152,6 +152,12 @@ func setDefault(s *string, def string) {
 	}
 }
 
+// HostKeyRecorded tells whether the host key is pinned (HostKey) or recorded
+// (HostKeyFingerprint): a login would only confirm it.
+func (s *SSH) HostKeyRecorded() bool {
+	return s.cfg.HostKey != "" || s.cfg.HostKeyFingerprint != ""
+}
+
 // SeenHostKeyFingerprint is the SHA256 fingerprint of the host key presented on the
 // last connection attempt ("" before any).
 func (s *SSH) SeenHostKeyFingerprint() string {

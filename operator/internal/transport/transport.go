@@ -223,6 +223,9 @@ type ProbeResult struct {
 	SSHError error
 	// SSHHostKeyFingerprint is the SHA256 fingerprint of the host key SSH saw.
 	SSHHostKeyFingerprint string
+	// SSHSkipped is true when SSH was not probed: the agent answered and the host
+	// key is already pinned or recorded (SSHReachable says nothing then).
+	SSHSkipped bool
 	// AgentVersion when the agent answered.
 	AgentVersion string
 }

@@ -72,7 +72,10 @@ func (f *Fleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 		}
 	}
 	h := f.Host(m.Name)
-	h.Set(func(h *Host) { h.agentDisabled = m.Spec.Agent.Disabled })
+	h.Set(func(h *Host) {
+		h.agentDisabled = m.Spec.Agent.Disabled
+		h.hostKeyRecorded = m.Spec.SSHHostKey != "" || m.Status.SSHHostKeyFingerprint != ""
+	})
 	return h, nil
 }
 
@@ -146,10 +149,15 @@ type Host struct {
 	// Timeouts are the ApplyRequest.Timeout of every Apply, in order.
 	Timeouts []time.Duration
 
+	// SSHProbes counts the probes that logged in over SSH.
+	SSHProbes int
+
 	// agentDisabled is the Machine's spec.agent.disabled at the last Open.
 	agentDisabled bool
-	applies       []AppliedOp
-	calls         int
+	// hostKeyRecorded: the Machine pinned or recorded its host key at the last Open.
+	hostKeyRecorded bool
+	applies         []AppliedOp
+	calls           int
 }
 
 // Set changes the stand-in under its lock.
@@ -366,6 +374,13 @@ func (h *Host) Probe(context.Context) transport.ProbeResult {
 	default:
 		p.AgentError = fmt.Errorf("dial: %w", transport.ErrUnreachable)
 	}
+	// As transport.Fallback: no SSH login while the agent answers and the host key
+	// is recorded.
+	if h.agentOn() && h.hostKeyRecorded {
+		p.SSHReachable, p.SSHSkipped = false, true
+		return p
+	}
+	h.SSHProbes++
 	switch {
 	case h.SSHMismatch:
 		p.SSHError = fmt.Errorf("host key SHA256:other: %w", transport.ErrHostKeyMismatch)
