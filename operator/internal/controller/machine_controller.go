@@ -436,12 +436,7 @@ func (r *MachineReconciler) event(m *nio.Machine, typ, reason, action, note stri
 	}
 }
 
-func (r *MachineReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *MachineReconciler) now() time.Time { return clockNow(r.Now) }
 
 func (r *MachineReconciler) probeInterval() time.Duration {
 	if r.ProbeInterval > 0 {

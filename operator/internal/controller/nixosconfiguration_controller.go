@@ -227,21 +227,10 @@ func oldest(items []nio.NixosConfiguration) *nio.NixosConfiguration {
 }
 
 func (r *NixosConfigurationReconciler) interval(obj *nio.NixosConfiguration) time.Duration {
-	if d := obj.Spec.Interval.Duration; d > 0 {
-		return d
-	}
-	if r.DefaultInterval > 0 {
-		return r.DefaultInterval
-	}
-	return 5 * time.Minute
+	return pollInterval(obj.Spec.Interval.Duration, r.DefaultInterval)
 }
 
-func (r *NixosConfigurationReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *NixosConfigurationReconciler) now() time.Time { return clockNow(r.Now) }
 
 // secret reads a Secret of the configuration's namespace; a missing Secret is a
 // configuration error.

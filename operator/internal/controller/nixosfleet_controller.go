@@ -349,18 +349,7 @@ func (r *NixosFleetReconciler) event(fleet *nio.NixosFleet, typ, reason, action,
 }
 
 func (r *NixosFleetReconciler) interval(fleet *nio.NixosFleet) time.Duration {
-	if d := fleet.Spec.Template.Interval.Duration; d > 0 {
-		return d
-	}
-	if r.DefaultInterval > 0 {
-		return r.DefaultInterval
-	}
-	return 5 * time.Minute
+	return pollInterval(fleet.Spec.Template.Interval.Duration, r.DefaultInterval)
 }
 
-func (r *NixosFleetReconciler) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
-}
+func (r *NixosFleetReconciler) now() time.Time { return clockNow(r.Now) }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -51,4 +52,23 @@ func (w *statusWriter) flush(ctx context.Context, obj client.Object) error {
 // always carries metadata.resourceVersion, so metadata alone says nothing).
 func changesStatus(patch []byte) bool {
 	return bytes.Contains(patch, []byte(`"status"`))
+}
+
+// clockNow is now from a reconciler's Now (tests set it), or the wall clock.
+func clockNow(now func() time.Time) time.Time {
+	if now != nil {
+		return now()
+	}
+	return time.Now()
+}
+
+// pollInterval is a spec's interval, else the operator's default, else 5 minutes.
+func pollInterval(spec, operatorDefault time.Duration) time.Duration {
+	switch {
+	case spec > 0:
+		return spec
+	case operatorDefault > 0:
+		return operatorDefault
+	}
+	return 5 * time.Minute
 }
