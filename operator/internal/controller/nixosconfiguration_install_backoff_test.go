@@ -32,10 +32,20 @@ func TestFailingInstallBacksOffAcrossRestarts(t *testing.T) {
 	if gap1, gap2 := at[1].Sub(at[0]), at[2].Sub(at[1]); gap1 < 1800*time.Millisecond || gap2 < 3600*time.Millisecond {
 		t.Fatalf("install retried after %v then %v, want at least 2s then 4s", gap1, gap2)
 	}
-	c := getConfig(t, f.ns, "worker-config")
-	if len(c.Status.History) < 3 || c.Status.History[0].Result != nio.ResultFailed || c.Status.History[0].Transport != nio.TransportInstall {
-		t.Fatalf("history = %+v, want the failed installs", c.Status.History)
-	}
+	// The installer counts a run before the operator records its failure: wait for
+	// the third entry rather than read the history at once (a race seen in CI).
+	eventually(t, 10*time.Second, "three failed installs in the history", func() error {
+		c := getConfig(t, f.ns, "worker-config")
+		if len(c.Status.History) < 3 {
+			return errorf("history = %+v", c.Status.History)
+		}
+		for _, h := range c.Status.History[:3] {
+			if h.Result != nio.ResultFailed || h.Transport != nio.TransportInstall {
+				return errorf("history = %+v, want the failed installs", c.Status.History)
+			}
+		}
+		return nil
+	})
 
 	// The next try is due 8s after the third: a restarted operator must wait too.
 	f.op.stop()
