@@ -121,7 +121,9 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	cacheOpts := cache.Options{}
+	// managedFields are never read: they would only weigh on the cache (1000s of
+	// objects, and the metadata of every Secret and ConfigMap watched).
+	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 	if o.watchNamespaces != "" {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range strings.Split(o.watchNamespaces, ",") {
@@ -176,8 +178,9 @@ func run(ctx context.Context, o options) error {
 	recorder := mgr.GetEventRecorder("nio-operator")
 	srcs := &controller.Sources{Cache: sources}
 	trigger := controller.NewTrigger(mgr.GetClient(), srcs)
+	trigger.WatchSources(ctx)
 	configs := &controller.NixosConfigurationReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Sources: srcs, Trigger: trigger,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), MetaReader: mgr.GetCache(), Recorder: recorder, Sources: srcs, Trigger: trigger,
 		Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,
 		Installer:       &install.Runner{Binary: o.nixosAnywhere, Timeout: o.installTimeout},
 		DefaultInterval: o.defaultInterval, RetryBase: o.retryBase, OperationWaitMargin: o.operationWaitMargin,

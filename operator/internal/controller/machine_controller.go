@@ -47,6 +47,10 @@ type MachineReconciler struct {
 	// Now is the clock (tests).
 	Now func() time.Time
 
+	// LastSeenRefresh is how often status.agent.lastSeenTime moves while nothing
+	// else about the agent changes (default DefaultLastSeenRefresh).
+	LastSeenRefresh time.Duration
+
 	// FactsRetry is how long a failed nixos-facter run waits before the next try
 	// (default 10m); a new rescan request is tried at once.
 	FactsRetry time.Duration
@@ -63,6 +67,9 @@ type MachineReconciler struct {
 	probeMu sync.Mutex
 	probed  map[types.NamespacedName]probeMemo
 }
+
+// DefaultLastSeenRefresh is MachineReconciler.LastSeenRefresh's default.
+const DefaultLastSeenRefresh = 30 * time.Minute
 
 type probeMemo struct {
 	at          time.Time
@@ -244,9 +251,13 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 		if st.Agent == nil {
 			st.Agent = &nio.AgentStatus{}
 		}
+		wasConnected, oldVersion := st.Agent.Connected, st.Agent.Version
 		st.Agent.Connected = p.AgentReachable
 		if p.AgentReachable {
-			st.Agent.Version, st.Agent.LastSeenTime = p.AgentVersion, &now
+			st.Agent.Version = p.AgentVersion
+			if r.refreshLastSeen(st, wasConnected, oldVersion) {
+				st.Agent.LastSeenTime = &now
+			}
 			setCondition(&st.Conditions, gen, nio.ConditionAgentConnected, metav1.ConditionTrue, ReasonConnected, "nio-agent "+p.AgentVersion+" answers over mTLS")
 		} else {
 			setCondition(&st.Conditions, gen, nio.ConditionAgentConnected, metav1.ConditionFalse, ReasonAgentUnreachable, errText(p.AgentError, "nio-agent does not answer"))
@@ -271,6 +282,28 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 		setCondition(&st.Conditions, gen, nio.ConditionReachable, metav1.ConditionFalse, ReasonHostUnreachable, msg)
 		return outcome.Success{}, outcome.Retry(r.probeInterval(), ReasonHostUnreachable, msg)
 	}
+}
+
+// refreshLastSeen tells whether a probe the agent answered moves
+// status.agent.lastSeenTime. It does when the answer says something the status did
+// not (first answer, back after an outage, another version), when it is the first
+// answer since the last apply (drift is judged only on one), and otherwise once per
+// LastSeenRefresh: a status write per Machine per probe would cost a fleet of 1000 a
+// thousand API writes a minute to say nothing new. Connected and the AgentConnected
+// condition change at the first failed probe.
+func (r *MachineReconciler) refreshLastSeen(st *nio.MachineStatus, wasConnected bool, oldVersion string) bool {
+	seen := st.Agent.LastSeenTime
+	switch {
+	case seen == nil, !wasConnected, oldVersion != st.Agent.Version:
+		return true
+	case st.LastAppliedTime != nil && !seen.After(st.LastAppliedTime.Time):
+		return true
+	}
+	refresh := r.LastSeenRefresh
+	if refresh <= 0 {
+		refresh = DefaultLastSeenRefresh
+	}
+	return r.now().Sub(seen.Time) >= refresh
 }
 
 // reachableOver says which ways answered a probe that reached the host.
@@ -300,9 +333,14 @@ func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, h
 		log.FromContext(ctx).Info("host status", "error", err.Error())
 		return
 	}
-	m.Status.System = &nio.SystemStatus{
+	sys := &nio.SystemStatus{
 		CurrentSystem: s.CurrentSystem, BootedSystem: s.BootedSystem, Generation: s.Generation, NeedsReboot: s.NeedsReboot,
 	}
+	if old := m.Status.System; (old == nil || *old != *sys) && m.Status.Agent != nil && m.Status.Agent.Connected {
+		// Another system seen is news: the time it was seen goes with it (drift).
+		m.Status.Agent.LastSeenTime = &metav1.Time{Time: r.now()}
+	}
+	m.Status.System = sys
 	if m.Status.Agent != nil && !s.CertificateNotAfter.IsZero() {
 		m.Status.Agent.CertificateNotAfter = &metav1.Time{Time: s.CertificateNotAfter}
 	}

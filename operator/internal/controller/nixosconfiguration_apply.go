@@ -235,7 +235,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	obj.Status.LastAttemptedCommit = src.commit
 	r.summary(obj).Progressing(ReasonApplying,
 		fmt.Sprintf("Applying revision %s (%s) to Machine %s", revision(obj.Spec.Ref, src.commit), op.label, m.Name))
-	if err := sw.flush(ctx, obj); err != nil {
+	if err := sw.guard(ctx, obj); err != nil {
 		return transport.ApplyResult{}, time.Time{}, err
 	}
 

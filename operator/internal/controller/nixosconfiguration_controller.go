@@ -25,9 +25,10 @@ import (
 // resolve → render → decide → apply → record (see DESIGN.md, "How a change flows").
 type NixosConfigurationReconciler struct {
 	client.Client
-	// APIReader reads the configuration at the start of a pass from the API server:
-	// a pass must see the status the previous pass wrote (a stale cached status
-	// would apply the same commit twice).
+	// APIReader checks, before a pass acts on a host, that the configuration it read
+	// from the cache is the current one (statusWriter.guard): a stale cached status
+	// would apply the same commit twice. Passes with nothing to do read only the
+	// cache.
 	APIReader client.Reader
 	Recorder  events.EventRecorder
 	Sources   *Sources
@@ -38,6 +39,11 @@ type NixosConfigurationReconciler struct {
 	Metrics   *Metrics
 	// Trigger, when set, queues configurations on request (the push webhook).
 	Trigger *Trigger
+	// MetaReader reads the metadata of Secrets and ConfigMaps from the manager's
+	// cache (their versions, never their data) for the render memo; nil: every pass
+	// reads them from the API server.
+	MetaReader client.Reader
+	memo       renderMemo
 
 	// DefaultInterval applies when spec.interval is empty (objects created before
 	// defaulting, or by clients that bypass it).
@@ -66,26 +72,37 @@ type NixosConfigurationReconciler struct {
 func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconcile.Request) (result reconcile.Result, retErr error) {
 	start := r.now()
 	obj := &nio.NixosConfiguration{}
-	reader := r.APIReader
-	if reader == nil {
-		reader = r.Client
-	}
-	if err := reader.Get(ctx, req.NamespacedName, obj); err != nil {
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.memo.forget(req.NamespacedName)
+		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	defer func() { r.Metrics.observeReconcile("NixosConfiguration", start, retErr) }()
 
 	// The status is written at the end of the pass (and, by apply, before a long
-	// operation), with what changed since it was read.
+	// operation), with what changed since it was read; until the pass has proved it
+	// read the current object (guard), only if nothing changed it since.
 	sw := newStatusWriter(r.Client, obj)
+	sw.optimistic, sw.fresh = true, r.APIReader
 	defer func() {
-		if err := sw.flush(ctx, obj); err != nil && retErr == nil {
+		err := sw.flush(ctx, obj)
+		switch {
+		case apierrors.IsConflict(err) && retErr == nil || apierrors.IsConflict(retErr):
+			// The cache held an older version, or someone changed the object during
+			// the pass: the next pass decides on the new one.
+			log.FromContext(ctx).V(1).Info("configuration changed during the pass; reconciling again")
+			result, retErr = reconcile.Result{RequeueAfter: time.Second}, nil
+		case err != nil && retErr == nil:
 			retErr = err
 		}
 	}()
 
 	if !obj.DeletionTimestamp.IsZero() {
 		if err := r.reconcileDelete(ctx, sw, obj); err != nil {
+			if apierrors.IsConflict(err) {
+				return reconcile.Result{}, err // the deferred flush requeues
+			}
 			return r.summary(obj).Summarize(ctx, outcome.Success{}, err)
 		}
 		return reconcile.Result{}, nil // gone
@@ -106,6 +123,9 @@ func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 	obj.Status.ObservedGeneration = obj.Generation
 
 	ok, err := r.reconcile(ctx, sw, obj)
+	if apierrors.IsConflict(err) {
+		return reconcile.Result{}, err // no verdict: the deferred flush requeues
+	}
 	return r.summary(obj).Summarize(ctx, ok, err)
 }
 
@@ -132,14 +152,27 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 	at, requested := obj.Annotations[nio.RequestedAtAnnotation]
 	force := requested && at != obj.Status.LastHandledRequestedAt
 
-	src, err := r.resolve(ctx, obj, machine)
+	// A forced pass reads everything anew (a fresh listing too); the others may
+	// take what is unchanged from the render memo.
+	src, err := r.resolve(ctx, obj, machine, force)
 	if err != nil {
 		return outcome.Success{}, err
 	}
 	if src.waitingFor != "" {
 		return outcome.Success{}, outcome.Wait(10*time.Second, ReasonDependencyPending, "%s", src.waitingFor)
 	}
+	full := func() error {
+		if src.partial {
+			src, err = r.resolve(ctx, obj, machine, true)
+		}
+		return err
+	}
 
+	if obj.Spec.FullInstall && installPending(obj) {
+		if err := full(); err != nil {
+			return outcome.Success{}, err
+		}
+	}
 	if obj.Spec.FullInstall {
 		done, ok, err := r.reconcileInstall(ctx, sw, obj, machine, src)
 		if err != nil || !done {
@@ -160,6 +193,12 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 			Message: "Applied revision " + revision(obj.Spec.Ref, obj.Status.AppliedCommit)}, nil
 	} else {
 		log.FromContext(ctx).Info("applying", "revision", revision(obj.Spec.Ref, src.commit), "why", why)
+	}
+	if err := full(); err != nil {
+		return outcome.Success{}, err
+	}
+	if src.waitingFor != "" {
+		return outcome.Success{}, outcome.Wait(10*time.Second, ReasonDependencyPending, "%s", src.waitingFor)
 	}
 	return r.apply(ctx, sw, obj, machine, src)
 }

@@ -33,17 +33,24 @@ type Installer interface {
 	Run(ctx context.Context, req install.Request) (install.Result, error)
 }
 
+// installPending tells whether a fullInstall configuration's pass may install: not
+// yet installed, or a reinstall asked for.
+func installPending(obj *nio.NixosConfiguration) bool {
+	reinstall := obj.Annotations[nio.ReinstallAnnotation]
+	return !obj.Status.FullInstallCompleted || reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
+}
+
 // reconcileInstall runs nixos-anywhere once for a fullInstall configuration. It
 // returns done=true when the host is installed and the pass may go on to day-two
 // switches. The install is once-only: a host that carries the marker, or answers as
 // nio-agent, is never wiped again unless a new nio.homystack.com/reinstall value asks
 // for it. Status alone never decides a wipe.
 func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw *statusWriter, obj *nio.NixosConfiguration, m *nio.Machine, src *resolvedSource) (bool, outcome.Success, error) {
-	reinstall := obj.Annotations[nio.ReinstallAnnotation]
-	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
-	if obj.Status.FullInstallCompleted && !wantReinstall {
+	if !installPending(obj) {
 		return true, outcome.Success{}, nil
 	}
+	reinstall := obj.Annotations[nio.ReinstallAnnotation]
+	wantReinstall := reinstall != "" && reinstall != obj.Status.LastHandledReinstallAt
 	if !wantReinstall {
 		if next, ok := r.nextInstallAttempt(obj, src); ok && next.After(r.now()) {
 			msg := fmt.Sprintf("%s; next attempt after %s", installFailedMessage(obj), next.UTC().Format(time.RFC3339))
@@ -181,7 +188,7 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonInstalling,
 		fmt.Sprintf("Installing revision %s on Machine %s with nixos-anywhere", revision(obj.Spec.Ref, src.commit), m.Name))
 	r.summary(obj).Progressing(ReasonInstalling, "Installing with nixos-anywhere")
-	if err := sw.flush(ctx, obj); err != nil {
+	if err := sw.guard(ctx, obj); err != nil {
 		return false, outcome.Success{}, err
 	}
 

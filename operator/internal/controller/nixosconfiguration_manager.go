@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -40,7 +41,9 @@ func secretRefs(c *nio.NixosConfiguration) []string {
 }
 
 // SetupWithManager registers the controller, its indexes and its watches: the
-// configuration itself, its Machine (the fields a pass reads: machineReadChanged), the Secrets it reads, and the other configurations of its Machine
+// configuration itself, its Machine (the fields a pass reads: machineReadChanged),
+// the Secrets it reads, its Machine's facts ConfigMap, and the other configurations
+// of its Machine
 // (so the next in line takes over when the owner goes).
 func (r *NixosConfigurationReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, concurrency int) error {
 	idx := mgr.GetFieldIndexer()
@@ -73,6 +76,9 @@ func (r *NixosConfigurationReconciler) SetupWithManager(ctx context.Context, mgr
 		// Secrets are watched as metadata only: their data never sits in the cache
 		// (reads go to the API server), but a change still triggers a pass.
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.byIndex(indexSecretRefs))).
+		// So are ConfigMaps: a facts ConfigMap changed (by hand: the Machine's scan
+		// time moves with the operator's own writes) is a new render input.
+		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.byOwningMachine)).
 		Watches(&nio.NixosConfiguration{}, handler.EnqueueRequestsFromMapFunc(r.siblings),
 			builder.WithPredicates(deleting)).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(concurrency, 1)}).
@@ -88,6 +94,21 @@ func (r *NixosConfigurationReconciler) byIndex(index string) handler.MapFunc {
 		}
 		return requests(list.Items)
 	}
+}
+
+// byOwningMachine maps a ConfigMap owned by a Machine (its facts) to the
+// configurations of that Machine.
+func (r *NixosConfigurationReconciler) byOwningMachine(ctx context.Context, o client.Object) []reconcile.Request {
+	for _, ref := range o.GetOwnerReferences() {
+		if ref.Kind == "Machine" && strings.HasPrefix(ref.APIVersion, nio.GroupVersion.Group+"/") {
+			var list nio.NixosConfigurationList
+			if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{indexMachineRef: ref.Name}); err != nil {
+				return nil
+			}
+			return requests(list.Items)
+		}
+	}
+	return nil
 }
 
 // siblings maps a configuration being deleted to the others naming its Machine.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -37,12 +38,20 @@ type resolvedSource struct {
 	facterPath string
 	// waitingFor says what the pass waits for before it can render ("" when ready).
 	waitingFor string
+	// partial is set when only the commit and digests are known (renderMemo): the
+	// archive, the secrets and their values were not read. A pass that applies
+	// resolves again in full.
+	partial bool
 }
 
 // resolve resolves spec.ref, collects the additional files and renders the archive,
 // setting status.latestCommit and the SourceReady condition.
-func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine) (*resolvedSource, error) {
-	src, err := r.resolveSource(ctx, obj, m)
+func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, full bool) (*resolvedSource, error) {
+	resolve := r.resolveMemo
+	if full {
+		resolve = r.resolveSource
+	}
+	src, err := resolve(ctx, obj, m)
 	if err != nil {
 		reason := ReasonSourceFailed
 		var st *outcome.Stalling
@@ -77,16 +86,11 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 		return nil, err
 	}
 	src.repo = repo
-	ref := obj.Spec.Ref
-	if ref == "" {
-		ref = "main"
-	}
-	commit, err := repo.Resolve(ctx, ref)
+	commit, err := r.resolveRef(ctx, obj, repo, 0)
 	if err != nil {
-		return nil, sourceError(fmt.Errorf("resolve %s: %w", ref, err))
+		return nil, err
 	}
 	src.commit = commit
-	obj.Status.LatestCommit = commit
 
 	files, err := r.additionalFiles(ctx, obj, m, src)
 	if err != nil || src.waitingFor != "" {
@@ -107,6 +111,22 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 		src.secretsDigest = render.SecretsDigest(r.secretsDigestKey(), src.secretFiles)
 	}
 	return src, nil
+}
+
+// resolveRef resolves spec.ref in repo with a listing of the refs up to maxAge old
+// (shared by every configuration of the repository; at least --source-min-interval),
+// and records it as status.latestCommit.
+func (r *NixosConfigurationReconciler) resolveRef(ctx context.Context, obj *nio.NixosConfiguration, repo *source.Repo, maxAge time.Duration) (string, error) {
+	ref := obj.Spec.Ref
+	if ref == "" {
+		ref = "main"
+	}
+	commit, err := repo.ResolveWithin(ctx, ref, maxAge)
+	if err != nil {
+		return "", sourceError(fmt.Errorf("resolve %s: %w", ref, err))
+	}
+	obj.Status.LatestCommit = commit
+	return commit, nil
 }
 
 // sourceError classifies a source failure: credentials, a missing repository or ref

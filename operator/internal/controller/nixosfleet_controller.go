@@ -209,7 +209,9 @@ func (r *NixosFleetReconciler) resolve(ctx context.Context, fleet *nio.NixosFlee
 	if ref == "" {
 		ref = "main"
 	}
-	commit, err := repo.Resolve(ctx, ref)
+	// One listing per interval, shared with the repository's configurations: a
+	// fleet pass runs on every status change of its configurations.
+	commit, err := repo.ResolveWithin(ctx, ref, pollInterval(t.Interval.Duration, r.DefaultInterval))
 	if err != nil {
 		return "", sourceError(fmt.Errorf("resolve %s: %w", ref, err))
 	}

@@ -7,7 +7,10 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 )
 
 // statusWriter patches an object's status with what changed since the last write
@@ -17,8 +20,11 @@ type statusWriter struct {
 	c    client.Client
 	base client.Object
 	// optimistic makes a write fail with a conflict when the object changed since it
-	// was read, for a status another controller writes fields of too.
+	// was read, for a status another controller writes fields of too, or for a pass
+	// that read the object from the cache (which may lag behind the last write).
 	optimistic bool
+	// fresh, when set, reads the object from the API server for guard.
+	fresh client.Reader
 }
 
 func newStatusWriter(c client.Client, obj client.Object) *statusWriter {
@@ -27,25 +33,68 @@ func newStatusWriter(c client.Client, obj client.Object) *statusWriter {
 
 // flush writes obj's status if it differs from the last write.
 func (w *statusWriter) flush(ctx context.Context, obj client.Object) error {
+	_, err := w.write(ctx, obj)
+	return err
+}
+
+// guard writes obj's status before the pass acts on a host, and makes sure the pass
+// decided on the object as it is now: the write is conditional on the version read,
+// and when there is nothing to write the version is checked against the API server
+// (fresh). A pass that read a cached object older than the last write (the cache
+// lags behind by a watch event) gets a conflict instead of applying the same commit
+// twice. Once guarded, the pass holds the latest status (the controller is its one
+// writer), and later writes of the pass are unconditional: the record of a long
+// operation is not lost to an annotation someone added meanwhile.
+func (w *statusWriter) guard(ctx context.Context, obj client.Object) error {
+	if w.fresh == nil {
+		return w.flush(ctx, obj)
+	}
+	w.optimistic = true
+	wrote, err := w.write(ctx, obj)
+	if err != nil {
+		return err
+	}
+	if !wrote {
+		gvk, err := apiutil.GVKForObject(obj, w.c.Scheme())
+		if err != nil {
+			return err
+		}
+		cur := &metav1.PartialObjectMetadata{}
+		cur.SetGroupVersionKind(gvk)
+		if err := w.fresh.Get(ctx, client.ObjectKeyFromObject(obj), cur); err != nil {
+			return fmt.Errorf("read %s: %w", obj.GetName(), err)
+		}
+		if cur.ResourceVersion != w.base.GetResourceVersion() {
+			return apierrors.NewConflict(schema.GroupResource{Group: gvk.Group, Resource: gvk.Kind}, obj.GetName(),
+				fmt.Errorf("changed since the pass read it (version %s, now %s)", w.base.GetResourceVersion(), cur.ResourceVersion))
+		}
+	}
+	w.optimistic = false
+	return nil
+}
+
+// write patches obj's status if it differs from the last write, and says whether it
+// did.
+func (w *statusWriter) write(ctx context.Context, obj client.Object) (bool, error) {
 	patch := client.MergeFrom(w.base)
 	if w.optimistic {
 		patch = client.MergeFromWithOptions(w.base, client.MergeFromWithOptimisticLock{})
 	}
 	data, err := patch.Data(obj)
 	if err != nil {
-		return fmt.Errorf("status patch: %w", err)
+		return false, fmt.Errorf("status patch: %w", err)
 	}
 	if !changesStatus(data) {
-		return nil
+		return false, nil
 	}
 	if err := w.c.Status().Patch(ctx, obj, patch); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil // deleted during the pass
+			return false, nil // deleted during the pass
 		}
-		return fmt.Errorf("patch status: %w", err)
+		return false, fmt.Errorf("patch status: %w", err)
 	}
 	w.base = obj.DeepCopyObject().(client.Object)
-	return nil
+	return true, nil
 }
 
 // changesStatus tells whether a merge patch touches .status (an optimistic patch

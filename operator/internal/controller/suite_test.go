@@ -103,6 +103,8 @@ type operatorOptions struct {
 	sourceOpts []func(*source.Options)
 	// wrapClient, when set, wraps the manager's client (to make API calls fail).
 	wrapClient func(client.WithWatch) client.Client
+	// requests, when set, records every request the operator sends the API server.
+	requests *requestLog
 }
 
 // startOperatorWith runs the controllers as o says until the test ends.
@@ -114,7 +116,11 @@ func startOperatorWith(t *testing.T, o operatorOptions) *operator {
 	for _, ns := range namespaces {
 		watched[ns] = cache.Config{}
 	}
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	cfg := rest.CopyConfig(env.Config)
+	if o.requests != nil {
+		cfg.WrapTransport = o.requests.wrap
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Cache:                  cache.Options{DefaultNamespaces: watched},
 		Scheme:                 env.Scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -158,8 +164,9 @@ func startOperatorWith(t *testing.T, o operatorOptions) *operator {
 	rec := mgr.GetEventRecorder("nio-operator")
 	sources := &Sources{Cache: cache}
 	trigger := NewTrigger(mgr.GetClient(), sources)
+	trigger.WatchSources(ctx)
 	cr := &NixosConfigurationReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: rec, Sources: sources, Trigger: trigger, Hosts: fleet, Locks: locks,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), MetaReader: mgr.GetCache(), Recorder: rec, Sources: sources, Trigger: trigger, Hosts: fleet, Locks: locks,
 		Installer: installer, PKI: issuer, Metrics: metrics, RetryBase: 2 * time.Second,
 		OperationWaitMargin: 500 * time.Millisecond,
 	}

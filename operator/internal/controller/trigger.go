@@ -7,8 +7,10 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
+	"github.com/homystack/nio/operator/internal/source"
 )
 
 // Trigger starts passes from outside the watches (the push webhook): the source
@@ -45,6 +47,21 @@ func (t *Trigger) fleetEvents() chan event.GenericEvent {
 // through their fleet (queued once, however many Machines it has).
 func (t *Trigger) Repos(ctx context.Context, match func(gitRepo string) bool) (int, error) {
 	t.Sources.Cache.InvalidateMatching(match)
+	return t.queue(ctx, match)
+}
+
+// WatchSources makes every change of refs one configuration's poll finds (the
+// source cache lists each repository once per interval, for all its users) queue
+// every configuration and fleet of that repository, as a push webhook would.
+func (t *Trigger) WatchSources(ctx context.Context) {
+	t.Sources.Cache.OnRefsChanged(func(url string) {
+		n, err := t.queue(ctx, func(gitRepo string) bool { return gitRepo == url })
+		log.FromContext(ctx).V(1).Info("refs changed", "repo", source.RedactURL(url), "queued", n, "error", err)
+	})
+}
+
+// queue queues the configurations and fleets whose gitRepo match accepts.
+func (t *Trigger) queue(ctx context.Context, match func(gitRepo string) bool) (int, error) {
 	var list nio.NixosConfigurationList
 	if err := t.Client.List(ctx, &list); err != nil {
 		return 0, fmt.Errorf("list configurations: %w", err)

@@ -24,6 +24,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -95,7 +96,19 @@ type Cache struct {
 
 	// onJoin, when set (tests only), runs when a Resolve joins an ls-remote in flight.
 	onJoin func()
+
+	// onChange, when set, is told the URL of a repository whose refs a listing found
+	// changed since the previous listing (OnRefsChanged).
+	onChange atomic.Pointer[func(url string)]
 }
+
+// OnRefsChanged makes the cache call f (on its own goroutine) with the URL of a
+// repository whenever a listing finds its refs changed since the previous one. A
+// listing asked for by Invalidate (a push webhook, whose receiver queues the
+// repository's users itself) or the first of a repository does not call it. With
+// ResolveWithin polling each repository once per interval, this is how a commit one
+// configuration's poll finds reaches every configuration of the repository.
+func (c *Cache) OnRefsChanged(f func(url string)) { c.onChange.Store(&f) }
 
 var installFileTransport sync.Once
 
@@ -175,7 +188,7 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 	// file:// URL may name one.
 	if err != nil || ep.Host == "" && ep.Protocol != "file" || ep.Path == "" ||
 		ep.Protocol == "file" && !strings.HasPrefix(rawURL, "file://") {
-		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), ErrInvalidURL)
+		return nil, fmt.Errorf("repository %s: %w", RedactURL(rawURL), ErrInvalidURL)
 	}
 	key := rawURL + "\x00" + creds.fingerprint(c.hmacKey)
 	c.mu.Lock()
@@ -188,11 +201,11 @@ func (c *Cache) Repo(rawURL string, creds Credentials) (*Repo, error) {
 	// Only a valid pair gets an entry, so a hit needs no second check.
 	auth, err := creds.authFor(ep)
 	if err != nil {
-		return nil, fmt.Errorf("repository %s: %w", redactURL(rawURL), err)
+		return nil, fmt.Errorf("repository %s: %w", RedactURL(rawURL), err)
 	}
 	sum := sha256.Sum256([]byte(key))
 	r := &Repo{
-		cache: c, id: hex.EncodeToString(sum[:16]), url: rawURL, redacted: redactURL(rawURL), auth: auth, caPEM: creds.caPEM,
+		cache: c, id: hex.EncodeToString(sum[:16]), url: rawURL, redacted: RedactURL(rawURL), auth: auth, caPEM: creds.caPEM,
 		secrets: append(creds.secrets(), urlSecrets(rawURL)...),
 		// A shallow fetch needs server support; the in-process file:// server has none.
 		shallow: ep.Protocol != "file",
@@ -313,13 +326,20 @@ var fullHash = regexp.MustCompile(`^[0-9a-fA-F]{40}$`)
 // a caller without access to a private repository would be told its commit resolves
 // (Tree reports ErrRefNotFound if the repository lacks the commit).
 func (r *Repo) Resolve(ctx context.Context, ref string) (string, error) {
+	return r.ResolveWithin(ctx, ref, 0)
+}
+
+// ResolveWithin is Resolve answered from a listing up to maxAge old (or
+// MinInterval, whichever is longer): configurations polling every interval share
+// one listing per interval instead of one per MinInterval.
+func (r *Repo) ResolveWithin(ctx context.Context, ref string, maxAge time.Duration) (string, error) {
 	r.touch()
 	if fullHash.MatchString(ref) {
 		commit := strings.ToLower(ref)
 		if r.Has(commit) {
 			return commit, nil
 		}
-		if _, err := r.listRefs(ctx); err != nil {
+		if _, err := r.listRefs(ctx, maxAge); err != nil {
 			return "", fmt.Errorf("resolve %s: %w", commit, err)
 		}
 		return commit, nil
@@ -327,14 +347,21 @@ func (r *Repo) Resolve(ctx context.Context, ref string) (string, error) {
 	if ref == "" {
 		return "", fmt.Errorf("resolve in %s: %w: empty ref", r.redacted, ErrRefNotFound)
 	}
-	refs, err := r.listRefs(ctx)
-	if err != nil {
-		return "", fmt.Errorf("resolve %q: %w", ref, err)
-	}
-	for _, name := range candidates(ref) {
-		if hash, ok := refs[name]; ok {
-			return hash, nil
+	for {
+		refs, err := r.listRefs(ctx, maxAge)
+		if err != nil {
+			return "", fmt.Errorf("resolve %q: %w", ref, err)
 		}
+		for _, name := range candidates(ref) {
+			if hash, ok := refs[name]; ok {
+				return hash, nil
+			}
+		}
+		if maxAge <= r.cache.opts.MinInterval {
+			break
+		}
+		// A ref missing from an older listing may have been pushed since.
+		maxAge = 0
 	}
 	return "", fmt.Errorf("resolve %q in %s: %w: no branch or tag of that name", ref, r.redacted, ErrRefNotFound)
 }
@@ -355,12 +382,13 @@ func (r *Repo) Invalidate() {
 	r.gen++
 }
 
-// listRefs returns the remote's refs: a fresh enough previous answer, the answer of
-// a listing in flight, or a new listing.
-func (r *Repo) listRefs(ctx context.Context) (map[string]string, error) {
+// listRefs returns the remote's refs: a previous answer younger than maxAge or
+// MinInterval, the answer of a listing in flight, or a new listing.
+func (r *Repo) listRefs(ctx context.Context, maxAge time.Duration) (map[string]string, error) {
 	c := r.cache
+	maxAge = max(maxAge, c.opts.MinInterval)
 	r.lsMu.Lock()
-	if !r.listedAt.IsZero() && c.opts.MinInterval > 0 && time.Since(r.listedAt) < c.opts.MinInterval {
+	if !r.listedAt.IsZero() && maxAge > 0 && time.Since(r.listedAt) < maxAge {
 		refs := r.refs
 		r.lsMu.Unlock()
 		c.cached.Add(1)
@@ -399,8 +427,13 @@ func (r *Repo) runList(ctx context.Context, call *lsCall) {
 	}
 	call.refs, call.err = refs, err
 	r.lsMu.Lock()
+	changed := false
 	if err == nil && call.gen == r.gen {
+		changed = !r.listedAt.IsZero() && !maps.Equal(r.refs, refs)
 		r.refs, r.listedAt = refs, time.Now()
+	}
+	if f := r.cache.onChange.Load(); changed && f != nil {
+		go (*f)(r.url)
 	}
 	if r.inflight == call {
 		r.inflight = nil
@@ -421,7 +454,8 @@ func (r *Repo) commitRef(commit string) string {
 	return ""
 }
 
-func redactURL(raw string) string {
+// RedactURL is raw without its credentials, for logs.
+func RedactURL(raw string) string {
 	if u, err := url.Parse(raw); err == nil && u.Scheme != "" {
 		return u.Redacted()
 	}

@@ -149,7 +149,8 @@ type Host struct {
 	// Timeouts are the ApplyRequest.Timeout of every Apply, in order.
 	Timeouts []time.Duration
 
-	// SSHProbes counts the probes that logged in over SSH.
+	// Probes counts every probe; SSHProbes those that logged in over SSH.
+	Probes    int
 	SSHProbes int
 
 	// agentDisabled is the Machine's spec.agent.disabled at the last Open.
@@ -365,6 +366,7 @@ func (h *Host) Confirm(context.Context, string) error {
 func (h *Host) Probe(context.Context) transport.ProbeResult {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.Probes++
 	p := transport.ProbeResult{AgentReachable: h.agentOn(), SSHReachable: h.SSHUp}
 	switch {
 	case h.agentOn():
