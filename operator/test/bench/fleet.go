@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -33,9 +34,13 @@ type fleetOptions struct {
 	buildTime     time.Duration
 	concurrency   int
 	probeInterval time.Duration
-	roundTimeout  time.Duration
-	dir, bin      string
-	log           *slog.Logger
+	// idle is the idle round's length (0: none); fleetRounds runs the NixosFleet
+	// rounds.
+	idle         time.Duration
+	fleetRounds  bool
+	roundTimeout time.Duration
+	dir, bin     string
+	log          *slog.Logger
 }
 
 // Spread is a distribution of per-machine durations, in seconds.
@@ -141,6 +146,9 @@ func machineName(i int) string { return fmt.Sprintf("sim-%04d", i) }
 // first rollout and the rollout of a pushed commit, in batches (rollout.go).
 func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) {
 	res = FleetResult{Machines: o.machines, BuildTimeSeconds: o.buildTime.Seconds(), Concurrency: o.concurrency, ProbeInterval: o.probeInterval.String()}
+	if o.probeInterval == 0 {
+		res.ProbeInterval = "1m0s (the default)"
+	}
 	setupStart := time.Now()
 	if err := os.MkdirAll(o.dir, 0o755); err != nil {
 		return res, err
@@ -166,6 +174,15 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	defer st.stop()
 	if err := ensureNamespace(ctx, st.c, fleetNamespace); err != nil {
 		return res, err
+	}
+	sshd, err := startSSHEndpoint()
+	if err != nil {
+		return res, err
+	}
+	defer sshd.close()
+	if err := st.c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: sshKeySecret},
+		Data: map[string][]byte{"ssh-privatekey": sshd.privateKeyPEM}}); err != nil {
+		return res, fmt.Errorf("create SSH key Secret: %w", err)
 	}
 
 	// Each simulated Machine gets its own server certificate from the operator's CA.
@@ -224,7 +241,7 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	o.log.Info("creating objects", "machines", o.machines)
 	r, err := measure(ctx, st, git, sim, o, "initial",
 		"create N Machines and N NixosConfigurations; until every Machine's appliedCommit is commit 1 (includes first contact, facts, source upload)",
-		&nio.MachineList{}, appliedIs(commit1), func() error { return createFleet(ctx, st.c, o.machines, sim, repo.url) })
+		&nio.MachineList{}, appliedIs(commit1), func() error { return createFleet(ctx, st.c, o.machines, sim, sshd, repo.url) })
 	res.Rounds = append(res.Rounds, r)
 	if err != nil {
 		return res, err
@@ -279,9 +296,18 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	if err != nil {
 		return res, err
 	}
+	// Round "idle": nothing to do for a while, at the operator's defaults (probes
+	// every minute, every configuration polled every 5 minutes).
+	if o.idle > 0 {
+		if res.Idle, err = measureIdle(ctx, st, git, sim, sshd, o); err != nil {
+			return res, err
+		}
+	}
 	// Rounds "fleet-adopt" and "fleet-rollout": the same Machines in one NixosFleet.
-	if err := runFleetRounds(ctx, st, git, sim, o, repo, commit2, &res); err != nil {
-		return res, err
+	if o.fleetRounds {
+		if err := runFleetRounds(ctx, st, git, sim, o, repo, commit2, &res); err != nil {
+			return res, err
+		}
 	}
 	res.Operator = st.usage()
 	if u, err := readProc(sim.p.pid()); err == nil {
@@ -290,10 +316,15 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	return res, nil
 }
 
-// createFleet creates the Machines (agent only: no SSH key, so the operator has no
-// SSH way) and one NixosConfiguration each, with a few writers at once.
-func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, repoURL string) error {
-	enabled := true
+// sshKeySecret is the Secret every simulated Machine names as its SSH key.
+const sshKeySecret = "sim-ssh-key"
+
+// createFleet creates the Machines (agent, and an SSH way to the counting endpoint
+// with its host key pinned) and one NixosConfiguration each, like the usage guide's
+// (the nixos-facter report as an additional file, the default interval), with a few
+// writers at once.
+func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, sshd *sshEndpoint, repoURL string) error {
+	enabled, facter := true, true
 	return parallel(n, 16, func(i int) error {
 		name := machineName(i)
 		host, port, err := net.SplitHostPort(sim.ready.Machines[fleetNamespace+"/"+name])
@@ -304,7 +335,8 @@ func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, rep
 		m := &nio.Machine{
 			// The label is what the fleet rounds' NixosFleet selects.
 			ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: name, Labels: map[string]string{fleetSelectorLabel: "true"}},
-			Spec:       nio.MachineSpec{Hostname: name, IPAddress: host, Agent: nio.AgentSpec{Port: int32(p)}},
+			Spec: nio.MachineSpec{Hostname: name, IPAddress: host, Agent: nio.AgentSpec{Port: int32(p)},
+				SSHPort: int32(sshd.port()), SSHKeySecretRef: &nio.SSHKeySecretReference{Name: sshKeySecret}, SSHHostKey: sshd.hostKey},
 		}
 		if err := c.Create(ctx, m); err != nil {
 			return fmt.Errorf("create Machine %s: %w", name, err)
@@ -316,9 +348,10 @@ func createFleet(ctx context.Context, c client.Client, n int, sim *fleetSim, rep
 				MachineRef: nio.LocalObjectReference{Name: name},
 				ConfigurationTemplate: nio.ConfigurationTemplate{
 					GitRepo: repoURL, Ref: "main",
-					// Long, so only the webhook starts a pass.
-					Interval: metav1.Duration{Duration: time.Hour},
 					Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
+					AdditionalFiles: []nio.AdditionalFile{
+						{Path: "facts/facter.json", Value: nio.AdditionalFileValue{NixosFacter: &facter}},
+					},
 				},
 			},
 		}

@@ -32,6 +32,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -64,7 +65,10 @@ func main() {
 	sizes := flag.String("n", "10,100,1000", "fleet sizes to run, comma-separated (e.g. 1000)")
 	buildTime := flag.Duration("build-time", 2*time.Second, "simulated build time of every apply")
 	concurrency := flag.Int("concurrency", 100, "the operator's --concurrency")
-	probeInterval := flag.Duration("probe-interval", time.Hour, "the operator's --probe-interval; long, so Machine probes do not dominate the rounds")
+	probeInterval := flag.Duration("probe-interval", 0, "the operator's --probe-interval (0: the operator's default, 1m)")
+	idle := flag.Duration("idle", 5*time.Minute, "length of the idle round (nothing to do; 0 skips it)")
+	idleSizes := flag.String("idle-sizes", "1000", "fleet sizes that run the idle round, comma-separated")
+	fleetRounds := flag.Bool("fleet-rounds", true, "run the NixosFleet rounds after the others")
 	roundTimeout := flag.Duration("round-timeout", 15*time.Minute, "longest one round may take")
 	out := flag.String("out", "hack/bench/results/bench.json", "results file; the plot is written beside it as .png")
 	nixRuns := flag.Int("nix-runs", 5, "NIO-vs-direct repetitions of each side (0 skips the Nix benchmark)")
@@ -86,24 +90,53 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, log, *sizes, *buildTime, *concurrency, *probeInterval, *roundTimeout, *out, *nixRuns, *nixWork, *workDir); err != nil {
+	o := runOptions{sizes: *sizes, idleSizes: *idleSizes, buildTime: *buildTime, concurrency: *concurrency, probeInterval: *probeInterval,
+		idle: *idle, fleetRounds: *fleetRounds, roundTimeout: *roundTimeout, out: *out, nixRuns: *nixRuns, nixWork: *nixWork, workDir: *workDir}
+	if err := run(ctx, log, o); err != nil {
 		log.Error("bench failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, sizeList string, buildTime time.Duration, concurrency int,
-	probeInterval, roundTimeout time.Duration, out string, nixRuns, nixWork int, workDir string) error {
+// runOptions are the command line's.
+type runOptions struct {
+	sizes, idleSizes    string
+	buildTime           time.Duration
+	concurrency         int
+	probeInterval, idle time.Duration
+	fleetRounds         bool
+	roundTimeout        time.Duration
+	out                 string
+	nixRuns, nixWork    int
+	workDir             string
+}
+
+// fleetSizes parses a comma-separated list of fleet sizes.
+func fleetSizes(flagName, list string) ([]int, error) {
 	var ns []int
-	for _, s := range strings.Split(sizeList, ",") {
+	for _, s := range strings.Split(list, ",") {
 		if s = strings.TrimSpace(s); s == "" {
 			continue
 		}
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
-			return fmt.Errorf("-n: %q is not a fleet size", s)
+			return nil, fmt.Errorf("%s: %q is not a fleet size", flagName, s)
 		}
 		ns = append(ns, n)
+	}
+	return ns, nil
+}
+
+func run(ctx context.Context, log *slog.Logger, o runOptions) error {
+	buildTime, concurrency, probeInterval, roundTimeout := o.buildTime, o.concurrency, o.probeInterval, o.roundTimeout
+	out, nixRuns, nixWork, workDir := o.out, o.nixRuns, o.nixWork, o.workDir
+	ns, err := fleetSizes("-n", o.sizes)
+	if err != nil {
+		return err
+	}
+	idleNs, err := fleetSizes("-idle-sizes", o.idleSizes)
+	if err != nil {
+		return err
 	}
 	root, err := testenv.RepoRoot()
 	if err != nil {
@@ -145,6 +178,7 @@ func run(ctx context.Context, log *slog.Logger, sizeList string, buildTime time.
 		log.Info("fleet benchmark", "machines", n, "build_time", buildTime, "concurrency", concurrency)
 		r, err := runFleet(ctx, fleetOptions{
 			machines: n, buildTime: buildTime, concurrency: concurrency, probeInterval: probeInterval,
+			idle: idleFor(n, idleNs, o.idle), fleetRounds: o.fleetRounds,
 			roundTimeout: roundTimeout, dir: filepath.Join(workDir, fmt.Sprintf("fleet-%d", n)), bin: bin, log: log.With("machines", n),
 		})
 		if err != nil {
@@ -184,6 +218,14 @@ func run(ctx context.Context, log *slog.Logger, sizeList string, buildTime time.
 	}
 	printReport(os.Stdout, res, out, png)
 	return firstErr
+}
+
+// idleFor is the idle round's length at size n: -idle if n is one of -idle-sizes.
+func idleFor(n int, sizes []int, idle time.Duration) time.Duration {
+	if slices.Contains(sizes, n) {
+		return idle
+	}
+	return 0
 }
 
 func pngPath(out string) string { return strings.TrimSuffix(out, filepath.Ext(out)) + ".png" }

@@ -145,7 +145,7 @@ func runNix(ctx context.Context, o nixOptions) (res NixResult, err error) {
 	if err != nil {
 		return res, err
 	}
-	st, err := startStack(ctx, stackOptions{dir: o.dir, bin: o.bin, concurrency: 10, probeInterval: time.Hour})
+	st, err := startStack(ctx, stackOptions{dir: o.dir, bin: o.bin, concurrency: 10})
 	if err != nil {
 		return res, err
 	}

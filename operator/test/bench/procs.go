@@ -182,7 +182,7 @@ func parseMetrics(r io.Reader) (map[string]float64, error) {
 		}
 		out[name] += v
 		// Keep series by labels too, for the few the benchmark reads by label.
-		if k := strings.IndexByte(line, '}'); k > 0 && strings.Contains(name, "reconcile_total") {
+		if k := strings.IndexByte(line, '}'); k > 0 && (strings.Contains(name, "reconcile_total") || name == "rest_client_requests_total") {
 			out[line[:k+1]] += v
 		}
 	}

@@ -205,7 +205,7 @@ func batchTimings(doneAt map[string]float64, t0 time.Time, moved map[string]time
 // configurations' template of the earlier rounds, a command health check, batches
 // of rolloutBatch and no canary.
 func createBenchFleet(ctx context.Context, c client.Client, repoURL string) error {
-	enabled := true
+	enabled, facter := true, true
 	f := &nio.NixosFleet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: fleetNamespace, Name: benchFleet},
 		Spec: nio.NixosFleetSpec{
@@ -214,8 +214,9 @@ func createBenchFleet(ctx context.Context, c client.Client, repoURL string) erro
 				Flake: ".#sim",
 				ConfigurationTemplate: nio.ConfigurationTemplate{
 					GitRepo: repoURL, Ref: "main",
-					// Long, so only the webhook starts a rollout.
-					Interval: metav1.Duration{Duration: time.Hour},
+					AdditionalFiles: []nio.AdditionalFile{
+						{Path: "facts/facter.json", Value: nio.AdditionalFileValue{NixosFacter: &facter}},
+					},
 					Rollback: nio.RollbackSpec{Enabled: &enabled, ConfirmTimeout: metav1.Duration{Duration: time.Minute}},
 					HealthChecks: &nio.HealthChecks{
 						Timeout:  &metav1.Duration{Duration: time.Minute},

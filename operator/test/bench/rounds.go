@@ -166,14 +166,15 @@ func cpuDelta(a, b map[string]float64) map[string]float64 {
 
 // FleetResult is the fleet benchmark at one size.
 type FleetResult struct {
-	Machines         int       `json:"machines"`
-	BuildTimeSeconds float64   `json:"buildTimeSeconds"`
-	Concurrency      int       `json:"concurrency"`
-	ProbeInterval    string    `json:"probeInterval"`
-	SetupSeconds     float64   `json:"setupSeconds"`
-	Rounds           []Round   `json:"rounds"`
-	Operator         procUsage `json:"operator"`
-	FleetSimPeakRSS  float64   `json:"fleetSimPeakRSSMiB"`
+	Machines         int        `json:"machines"`
+	BuildTimeSeconds float64    `json:"buildTimeSeconds"`
+	Concurrency      int        `json:"concurrency"`
+	ProbeInterval    string     `json:"probeInterval"`
+	SetupSeconds     float64    `json:"setupSeconds"`
+	Rounds           []Round    `json:"rounds"`
+	Idle             *IdleRound `json:"idle,omitempty"`
+	Operator         procUsage  `json:"operator"`
+	FleetSimPeakRSS  float64    `json:"fleetSimPeakRSSMiB"`
 	// FacterReportBytes is the size of the nixos-facter report each agent returns.
 	FacterReportBytes int    `json:"facterReportBytes"`
 	Error             string `json:"error,omitempty"`
