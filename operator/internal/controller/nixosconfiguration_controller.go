@@ -17,6 +17,7 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/oplog"
 	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 )
@@ -38,6 +39,8 @@ type NixosConfigurationReconciler struct {
 	Metrics   *Metrics
 	// Trigger, when set, queues configurations on request (the push webhook).
 	Trigger *Trigger
+	// Logs, when set, keeps each operation's redacted output for `nio logs`.
+	Logs *oplog.Store
 
 	// DefaultInterval applies when spec.interval is empty (objects created before
 	// defaulting, or by clients that bypass it).
