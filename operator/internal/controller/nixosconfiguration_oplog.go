@@ -12,11 +12,6 @@ import (
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
-// The log endpoint (`nio logs`, operator/internal/logserver) asks the API server who
-// the caller is and whether they may get the NixosConfiguration.
-// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
-// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
-
 // opLog starts, or continues when a pass attaches to it, the kept log of the
 // operation cur (nil when the reconciler keeps no logs).
 func (r *NixosConfigurationReconciler) opLog(obj *nio.NixosConfiguration, cur *nio.OperationRef) *oplog.Operation {
