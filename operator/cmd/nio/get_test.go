@@ -62,7 +62,7 @@ func seedGet(t *testing.T, ns string) {
 		Template:        nio.FleetTemplate{Flake: ".#{hostname}", ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://git.example.org/configs.git"}}}}
 	create(t, f)
 	f.Status = nio.NixosFleetStatus{Selected: 3, Updated: 1, Ready: 2, Failed: 1, LatestCommit: commitB,
-		Rollout: &nio.RolloutStatus{Revision: "r1", Commit: commitB, Phase: nio.RolloutPaused, Reason: "BatchFailed", Message: "canary failed: Machine web-01 RolledBack", StartTime: metav1.NewTime(goldenNow)},
+		Rollout:    &nio.RolloutStatus{Revision: "r1", Commit: commitB, Phase: nio.RolloutPaused, Reason: "BatchFailed", Message: "canary failed: Machine web-01 RolledBack", StartTime: metav1.NewTime(goldenNow)},
 		Conditions: ready(metav1.ConditionFalse, "BatchFailed", "rollout paused")}
 	updateStatus(t, f)
 }
