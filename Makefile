@@ -18,10 +18,10 @@ export KUBEBUILDER_ASSETS := $(K8S)
 
 .PHONY: build tools generate check-generate nix-check k8s systemd-host deps test unit e2e demo bench lint fmt vet buf-lint shellcheck buf-breaking clean
 
-## build: the nio-operator and nio-agent binaries, into bin/.
+## build: the nio-operator, nio-agent and nio binaries, into bin/.
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ $(shell ls -d ./operator/cmd/nio-operator ./agent/cmd/nio-agent 2>/dev/null)
+	$(GO) build -o $(BIN)/ $(shell ls -d ./operator/cmd/nio-operator ./agent/cmd/nio-agent ./operator/cmd/nio 2>/dev/null)
 
 ## tools: buf, protoc-gen-go, protoc-gen-go-grpc and controller-gen from hack/tools/go.mod.
 tools: $(TOOLS)/.stamp

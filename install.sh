@@ -250,7 +250,7 @@ render() {
     fi
     if [ "$deployment" = false ]; then
       local kind name kind_name
-      for kind_name in Deployment/nio-operator Service/nio-operator-metrics; do
+      for kind_name in Deployment/nio-operator Service/nio-operator-metrics Service/nio-operator-logs; do
         kind=${kind_name%/*} name=${kind_name#*/}
         echo "  - patch: |-"
         echo "      \$patch: delete"
@@ -352,7 +352,7 @@ prune() {
     stale+=(service/nio-operator-webhook)
   fi
   if [ "$deployment" = false ]; then
-    stale+=(deployment/nio-operator service/nio-operator-metrics)
+    stale+=(deployment/nio-operator service/nio-operator-metrics service/nio-operator-logs)
   fi
   if [ ${#stale[@]} -gt 0 ]; then
     k delete -n "$namespace" --ignore-not-found "${stale[@]}"

@@ -26,6 +26,7 @@ import (
 	"github.com/homystack/nio/operator/internal/controller"
 	"github.com/homystack/nio/operator/internal/hostconn"
 	"github.com/homystack/nio/operator/internal/install"
+	"github.com/homystack/nio/operator/internal/oplog"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/source"
 	"github.com/homystack/nio/operator/internal/transport"
@@ -58,6 +59,7 @@ type options struct {
 	webhookRefusedInterval   time.Duration
 	webhookTrustedProxies    string
 	webhookReplayWindow      time.Duration
+	logs                     logOptions
 }
 
 func main() {
@@ -86,6 +88,7 @@ func main() {
 	flag.DurationVar(&o.webhookRefusedInterval, "webhook-refused-interval", webhook.DefaultRefusedInterval, "A source earns one more refused delivery back per interval.")
 	flag.StringVar(&o.webhookTrustedProxies, "webhook-trusted-proxies", "", "Comma-separated CIDRs of the reverse proxies (the Ingress controller's Pods) whose X-Forwarded-For names the source of a delivery; empty: the TCP peer is the source.")
 	flag.DurationVar(&o.webhookReplayWindow, "webhook-replay-window", webhook.DefaultReplayWindow, "How long a handled push is remembered (by delivery ID; for GitHub, Gitea and Forgejo also by its signed body): a replay in the window triggers nothing; 0: not remembered.")
+	bindLogFlags(flag.CommandLine, &o.logs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	showVersion := flag.Bool("version", false, "Print the version and exit.")
@@ -179,8 +182,9 @@ func run(ctx context.Context, o options) error {
 	srcs := &controller.Sources{Cache: sources}
 	trigger := controller.NewTrigger(mgr.GetClient(), srcs)
 	trigger.WatchSources(ctx)
+	opLogs := oplog.NewStore(o.logs.maxBytes)
 	configs := &controller.NixosConfigurationReconciler{
-		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), MetaReader: mgr.GetCache(), Recorder: recorder, Sources: srcs, Trigger: trigger,
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), MetaReader: mgr.GetCache(), Recorder: recorder, Sources: srcs, Trigger: trigger, Logs: opLogs,
 		Hosts: hosts, Locks: locks, PKI: issuer, Metrics: m,
 		Installer:       &install.Runner{Binary: o.nixosAnywhere, Timeout: o.installTimeout},
 		DefaultInterval: o.defaultInterval, RetryBase: o.retryBase, OperationWaitMargin: o.operationWaitMargin,
@@ -204,6 +208,9 @@ func run(ctx context.Context, o options) error {
 		return fmt.Errorf("Machine controller: %w", err)
 	}
 	if err := setupWebhook(mgr, o, trigger); err != nil {
+		return err
+	}
+	if err := setupLogServer(mgr, o, issuer, opLogs); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

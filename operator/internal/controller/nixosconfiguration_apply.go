@@ -241,6 +241,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 
 	logger := log.FromContext(ctx).WithValues("operation", cur.ID, "revision", revision(obj.Spec.Ref, src.commit))
 	tail := newTail(logTailLines)
+	opLog := r.opLog(obj, cur)
 	archive := src.archive
 	req := transport.ApplyRequest{
 		OperationID: cur.ID, Commit: src.commit, Action: transport.Action(op.action), Target: op.target,
@@ -262,8 +263,10 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 			case transport.EventLog:
 				line := redact(e.Line, src.secrets)
 				tail.add(line)
+				opLog.Line(line)
 				logger.V(1).Info("host output", "line", line)
 			case transport.EventPhase:
+				opLog.Phase(string(e.Phase), redact(e.Detail, src.secrets))
 				logger.V(1).Info("phase", "phase", e.Phase, "detail", e.Detail)
 			}
 		},
@@ -283,6 +286,7 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 		}
 		err = nil
 	}
+	endOpLog(opLog, res, err, src.secrets)
 	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) ||
 		errors.Is(err, transport.ErrHealthChecksNeedAgent) || errors.Is(err, transport.ErrInvalidHealthChecks) {
 		// The operation ended, or never started: the next pass starts a new one. Other

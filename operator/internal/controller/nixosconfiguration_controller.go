@@ -17,6 +17,7 @@ import (
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/host"
+	"github.com/homystack/nio/operator/internal/oplog"
 	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 )
@@ -44,6 +45,8 @@ type NixosConfigurationReconciler struct {
 	// reads them from the API server.
 	MetaReader client.Reader
 	memo       renderMemo
+	// Logs, when set, keeps each operation's redacted output for `nio logs`.
+	Logs *oplog.Store
 
 	// DefaultInterval applies when spec.interval is empty (objects created before
 	// defaulting, or by clients that bypass it).

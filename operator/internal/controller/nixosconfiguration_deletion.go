@@ -68,6 +68,7 @@ func (r *NixosConfigurationReconciler) reconcileDelete(ctx context.Context, sw *
 	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("remove finalizer: %w", err)
 	}
+	r.Logs.Forget(client.ObjectKeyFromObject(obj))
 	// The object is gone once the finalizer is: nothing more to write or report.
 	sw.base = obj.DeepCopy()
 	r.Metrics.forget(obj)

@@ -193,6 +193,7 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 	}
 
 	logger := log.FromContext(ctx)
+	opLog := r.installLog(obj, src.commit, started)
 	port := int(m.Spec.SSHPort)
 	if port == 0 {
 		port = 22
@@ -208,8 +209,13 @@ func (r *NixosConfigurationReconciler) runInstall(ctx context.Context, sw *statu
 		AgentTLS:         install.AgentTLS{CA: ident.CAPEM, Cert: ident.CertPEM, Key: ident.KeyPEM},
 		KexecURL:         obj.Spec.KexecImage,
 		FacterReportPath: src.facterPath,
-		OnLine:           func(l string) { logger.V(1).Info("nixos-anywhere", "line", redact(l, src.secrets)) },
+		OnLine: func(l string) {
+			l = redact(l, src.secrets)
+			opLog.Line(l)
+			logger.V(1).Info("nixos-anywhere", "line", l)
+		},
 	})
+	endInstallLog(opLog, runErr, src.secrets)
 	if reinstall != "" {
 		obj.Status.LastHandledReinstallAt = reinstall
 	}

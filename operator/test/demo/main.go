@@ -12,9 +12,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -55,12 +53,18 @@ func run(ctx context.Context, exitAfterWalk bool) (err error) {
 	if err := showHost(ctx, s); err != nil {
 		return err
 	}
-	showBuildLog(s)
+	s.Printf("\n== The build log the operator streamed from the host, read with nio logs as alice,\n   a ServiceAccount who may get NixosConfigurations here: the operator answers only such users)\n")
+	if run, err := s.Nio(ctx, "", "logs", harness.GuideConfiguration, "-n", harness.GuideNamespace); err != nil || run.Code != 0 {
+		return fmt.Errorf("nio logs: exit %d: %v", run.Code, err)
+	}
 
-	s.Printf("\n== A second commit: push it, and the operator applies it without any other step\n")
+	s.Printf("\n== A second commit: push it, and the operator applies it without any other step; nio logs -f follows the build live\n")
 	second, err := s.Git.CommitFixture("basic", map[string]string{nixtest.VarVersion: "2"}, "worker: version 2")
 	if err != nil {
 		return err
+	}
+	if run, err := s.FollowBuildLog(ctx, second); err != nil || run.Code != 0 {
+		return fmt.Errorf("nio logs -f: exit %d: %v", run.Code, err)
 	}
 	if err := s.WaitApplied(ctx, second); err != nil {
 		return err
@@ -74,12 +78,19 @@ func run(ctx context.Context, exitAfterWalk bool) (err error) {
 	if err := showHost(ctx, s); err != nil {
 		return err
 	}
+	if run, err := s.Nio(ctx, "", "get", "-n", harness.GuideNamespace); err != nil || run.Code != 0 {
+		return fmt.Errorf("nio get: exit %d: %v", run.Code, err)
+	}
 	s.Printf("\nEvery step held: appliedCommit moved from %s to %s.\n", s.FirstCommit, second)
 	if exitAfterWalk {
 		return nil
 	}
-	s.Printf("\n== The demo keeps running. In another shell:\n\n  export KUBECONFIG=%s\n  %s get machines,nixosconfigurations -A\n\nOperator log: %s\nPress Ctrl-C to stop and clean up.\n",
-		s.Control.AdminKubeconfig, s.Control.Kubectl, s.Path("log", "nio-operator.log"))
+	alice, err := s.DemoUser(ctx)
+	if err != nil {
+		return err
+	}
+	s.Printf("\n== The demo keeps running. In another shell:\n\n  export KUBECONFIG=%s\n  %s get machines,nixosconfigurations -A\n\nand as alice, with nio:\n\n  export KUBECONFIG=%s NIO_OPERATOR_URL=%s NIO_OPERATOR_CA=%s\n  %s get\n  %s logs -f %s\n\nOperator log: %s\nPress Ctrl-C to stop and clean up.\n",
+		s.Control.AdminKubeconfig, s.Control.Kubectl, alice, s.Operator.LogURL(), s.Path("operator-ca.crt"), s.Bin.Nio, s.Bin.Nio, harness.GuideConfiguration, s.Path("log", "nio-operator.log"))
 	<-ctx.Done()
 	return nil
 }
@@ -97,35 +108,4 @@ func showHost(ctx context.Context, s *harness.Stack) error {
 	s.Printf("\n$ readlink /run/current-system   (on the demo host)\n%s\n", current)
 	s.Printf("\n$ cat /run/activations.log   (on the demo host: switch-to-configuration runs)\n%s\n", strings.Join(acts, "\n"))
 	return nil
-}
-
-// showBuildLog prints the build output the operator streamed from the host. A
-// cluster would show it with `kubectl logs -l app=nixos-operator -n
-// nixos-operator-system`; here the operator is a process, so its log file is read.
-func showBuildLog(s *harness.Stack) {
-	s.Printf("\n== The build log the operator streamed from the host\n")
-	s.Printf("(kubectl logs -l app=nixos-operator -n nixos-operator-system needs a kubelet, which this control plane has not;\n the operator runs as a process and logs to %s)\n\n", s.Path("log", "nio-operator.log"))
-	log, err := s.Operator.Log()
-	if err != nil {
-		s.Printf("cannot read the operator's log: %v\n", err)
-		return
-	}
-	sc := bufio.NewScanner(strings.NewReader(log))
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	for sc.Scan() {
-		var entry struct {
-			Msg, Line, Phase, Revision, Transport string
-		}
-		if json.Unmarshal(sc.Bytes(), &entry) != nil {
-			continue
-		}
-		switch entry.Msg {
-		case "host output":
-			s.Printf("  | %s\n", entry.Line)
-		case "phase":
-			s.Printf("  phase: %s\n", entry.Phase)
-		case "applied":
-			s.Printf("  applied %s via %s\n", entry.Revision, entry.Transport)
-		}
-	}
 }

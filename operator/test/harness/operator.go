@@ -16,10 +16,10 @@ import (
 	"time"
 )
 
-// Binaries are nio-operator and nio-agent, built once per run.
+// Binaries are nio-operator, nio-agent and the nio CLI, built once per run.
 type Binaries struct {
-	// Operator and Agent are the paths of nio-operator and nio-agent.
-	Operator, Agent string
+	// Operator, Agent and Nio are the paths of nio-operator, nio-agent and nio.
+	Operator, Agent, Nio string
 }
 
 // BuildBinaries runs `go build` of operator/cmd/nio-operator and agent/cmd/nio-agent
@@ -29,15 +29,15 @@ func BuildBinaries(ctx context.Context, e *Env) (Binaries, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Binaries{}, err
 	}
-	e.Printf("\n$ go build -o %s ./operator/cmd/nio-operator ./agent/cmd/nio-agent\n", dir)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./operator/cmd/nio-operator", "./agent/cmd/nio-agent")
+	e.Printf("\n$ go build -o %s ./operator/cmd/nio-operator ./agent/cmd/nio-agent ./operator/cmd/nio\n", dir)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./operator/cmd/nio-operator", "./agent/cmd/nio-agent", "./operator/cmd/nio")
 	cmd.Dir = e.Root
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
 		return Binaries{}, fmt.Errorf("go build: %w: %s", err, strings.TrimSpace(out.String()))
 	}
-	return Binaries{Operator: filepath.Join(dir, "nio-operator"), Agent: filepath.Join(dir, "nio-agent")}, nil
+	return Binaries{Operator: filepath.Join(dir, "nio-operator"), Agent: filepath.Join(dir, "nio-agent"), Nio: filepath.Join(dir, "nio")}, nil
 }
 
 // OperatorOptions shape the operator process.
@@ -63,6 +63,8 @@ type Operator struct {
 	mu    sync.Mutex
 	proc  *Process
 	probe string
+	// logURL is the log endpoint of `nio logs` (https, the operator CA's certificate).
+	logURL string
 }
 
 // StartOperator runs nio-operator as a process and waits until its /readyz answers.
@@ -84,6 +86,11 @@ func (op *Operator) Start(ctx context.Context) error {
 		return err
 	}
 	probe := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	logPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	logAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(logPort))
 	argv := []string{op.opts.Binary,
 		"--kubeconfig", op.opts.Kubeconfig,
 		"--namespace", OperatorNamespace,
@@ -92,6 +99,7 @@ func (op *Operator) Start(ctx context.Context) error {
 		"--probe-interval", "2s",
 		"--source-min-interval", "0s",
 		"--retry-base", "1s",
+		"--log-bind-address", logAddr,
 		"--zap-encoder", "json",
 		// Debug: the host's build output is logged at V(1).
 		"--zap-log-level", "debug",
@@ -106,7 +114,7 @@ func (op *Operator) Start(ctx context.Context) error {
 		return err
 	}
 	op.mu.Lock()
-	op.proc, op.probe = p, probe
+	op.proc, op.probe, op.logURL = p, probe, "https://"+logAddr
 	op.mu.Unlock()
 	return waitHTTP(ctx, "http://"+probe+"/readyz", p, time.Minute)
 }
@@ -136,6 +144,13 @@ func (op *Operator) signal(sig syscall.Signal) error {
 		return errors.New("nio-operator is not running")
 	}
 	return syscall.Kill(p.PID(), sig)
+}
+
+// LogURL is the operator's log endpoint (`nio logs --operator-url`).
+func (op *Operator) LogURL() string {
+	op.mu.Lock()
+	defer op.mu.Unlock()
+	return op.logURL
 }
 
 // Log returns the operator's log so far.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/homystack/nio/testkit/nixtest"
 )
@@ -34,6 +35,10 @@ type Stack struct {
 	AnywhereRecord string
 	// FirstCommit is the repository's first commit (basic fixture, version 1).
 	FirstCommit string
+
+	userOnce sync.Once
+	user     string
+	userErr  error
 }
 
 // UpOptions shape a Stack.

@@ -35,7 +35,11 @@ func TestDryRunPrintsTheManifestsWithoutACluster(t *testing.T) {
 		"ClusterRole/nio-operator",
 		"RoleBinding/nio-operator",
 		"ClusterRoleBinding/nio-operator",
+		"ClusterRoleBinding/nio-operator-auth-delegator",
 		"Service/nio-operator-metrics",
+		"Service/nio-operator-logs",
+		"Role/nio-logs-proxy",
+		"RoleBinding/nio-logs-proxy",
 		"Deployment/nio-operator",
 	}
 	slices.Sort(got)
@@ -119,7 +123,7 @@ func checkNoWildcards(t *testing.T, objs []*unstructured.Unstructured) {
 func TestDryRunOptions(t *testing.T) {
 	t.Run("no deployment", func(t *testing.T) {
 		objs := decodeManifests(t, mustSucceed(t, noClusterEnv(t), "--dry-run", "--no-deployment").stdout)
-		for _, gone := range [][2]string{{"Deployment", "nio-operator"}, {"Service", "nio-operator-metrics"}} {
+		for _, gone := range [][2]string{{"Deployment", "nio-operator"}, {"Service", "nio-operator-metrics"}, {"Service", "nio-operator-logs"}} {
 			if find(objs, gone[0], gone[1]) != nil {
 				t.Errorf("--no-deployment still installs %s/%s", gone[0], gone[1])
 			}

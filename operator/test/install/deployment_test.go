@@ -13,18 +13,28 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// operatorFlags returns the flag names nio-operator defines, read from its main.go,
-// so a Deployment argument that names no flag (a rename, a typo) fails here rather
-// than in a crash-looping pod.
+// operatorFlags returns the flag names nio-operator defines, read from its source
+// (flag.X in main.go, fs.X where a file binds a group of flags), so a Deployment
+// argument that names no flag (a rename, a typo) fails here rather than in a
+// crash-looping pod.
 func operatorFlags(t *testing.T) map[string]bool {
 	t.Helper()
-	src, err := os.ReadFile(filepath.Join(env.Root, "operator", "cmd", "nio-operator", "main.go"))
+	files, err := filepath.Glob(filepath.Join(env.Root, "operator", "cmd", "nio-operator", "*.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	flags := map[string]bool{}
-	for _, m := range regexp.MustCompile(`flag\.\w+\((?:&[\w.]+,\s*)?"([a-z][a-z0-9-]*)"`).FindAllSubmatch(src, -1) {
-		flags[string(m[1])] = true
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile(`(?:flag|fs)\.\w+\((?:&[\w.]+,\s*)?"([a-z][a-z0-9-]*)"`).FindAllSubmatch(src, -1) {
+			flags[string(m[1])] = true
+		}
 	}
 	if !flags["leader-elect"] || !flags["health-probe-bind-address"] {
 		t.Fatalf("could not read nio-operator's flags from main.go (found %v)", flags)
