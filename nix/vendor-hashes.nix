@@ -4,5 +4,5 @@
 # "hash mismatch … got: sha256-…".
 {
   agent = "sha256-WYYkhoWzCubyzC4Ih+7WtLOxV82FfE/ilkAdEDzft0o=";
-  operator = "sha256-7ISa3AJWdRvy4W98mOcnlXrnGzG44xzVk6quAzTyzj8=";
+  operator = "sha256-HI/3xBl18AA9UGK3OH2cu03PNykYYVWlc/qYLfiggsI=";
 }
