@@ -37,6 +37,16 @@
           subPackages = [ "cmd/nio-operator" ];
           vendorHash = vendorHashes.operator;
         };
+        # The command for people (nio logs -f, nio get, …), also as `kubectl nio`.
+        nio = pkgs.callPackage ./package.nix {
+          inherit version;
+          buildGo126Module = go126 pkgs;
+          pname = "nio";
+          modRoot = "operator";
+          subPackages = [ "cmd/nio" ];
+          vendorHash = vendorHashes.operator;
+          postInstall = "ln -s nio $out/bin/kubectl-nio";
+        };
         default = nio-agent;
       });
 

@@ -14,10 +14,12 @@
 , modRoot
 , subPackages
 , vendorHash
+  # Extra install steps (the nio command's kubectl plugin link).
+, postInstall ? ""
 }:
 
 buildGo126Module {
-  inherit pname version modRoot subPackages vendorHash;
+  inherit pname version modRoot subPackages vendorHash postInstall;
 
   src = lib.fileset.toSource {
     root = ../.;

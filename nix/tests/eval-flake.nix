@@ -56,6 +56,7 @@ in
   packages = builtins.mapAttrs (_: ps: {
     nio-agent = describe ps.nio-agent;
     nio-operator = describe ps.nio-operator;
+    nio = describe ps.nio // { inherit (ps.nio.args) postInstall; };
     defaultIsAgent = ps.default.args.pname == "nio-agent";
   }) outputs.packages;
   vendorHashes = import ../vendor-hashes.nix;

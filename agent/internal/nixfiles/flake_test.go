@@ -17,6 +17,7 @@ type flakeEval struct {
 	Packages map[string]struct {
 		Agent          builderCall `json:"nio-agent"`
 		Operator       builderCall `json:"nio-operator"`
+		CLI            builderCall `json:"nio"`
 		DefaultIsAgent bool        `json:"defaultIsAgent"`
 	} `json:"packages"`
 	VendorHashes  map[string]string `json:"vendorHashes"`
@@ -31,6 +32,7 @@ type builderCall struct {
 	Pname         string            `json:"pname"`
 	ModRoot       string            `json:"modRoot"`
 	SubPackages   []string          `json:"subPackages"`
+	PostInstall   string            `json:"postInstall"`
 	VendorHash    string            `json:"vendorHash"`
 	Env           map[string]string `json:"env"`
 	ModEnvCurrent map[string]string `json:"modEnvCurrent"`
@@ -72,16 +74,24 @@ func TestFlakeOutputsEvaluate(t *testing.T) {
 		if !ps.DefaultIsAgent {
 			t.Errorf("%s: default is not nio-agent", system)
 		}
-		for name, p := range map[string]builderCall{"agent": ps.Agent, "operator": ps.Operator} {
+		if p := ps.CLI; p.Pname != "nio" || p.MainProgram != "nio" || p.ModRoot != "operator" || !reflect.DeepEqual(p.SubPackages, []string{"cmd/nio"}) ||
+			p.PostInstall != "ln -s nio $out/bin/kubectl-nio" {
+			t.Errorf("%s nio: pname %s, mainProgram %s, modRoot %s, subPackages %q, postInstall %q", system, p.Pname, p.MainProgram, p.ModRoot, p.SubPackages, p.PostInstall)
+		}
+		for name, p := range map[string]builderCall{"agent": ps.Agent, "operator": ps.Operator, "cli": ps.CLI} {
 			where := system + " nio-" + name
+			module, binary := name, "nio-"+name
+			if name == "cli" {
+				module, binary = "operator", "nio"
+			}
 			if p.Builder != "buildGo126Module" || p.System != system {
 				t.Errorf("%s: built by %s for %s", where, p.Builder, p.System)
 			}
-			if p.Pname != "nio-"+name || p.MainProgram != p.Pname || p.ModRoot != name || !reflect.DeepEqual(p.SubPackages, []string{"cmd/nio-" + name}) {
+			if p.Pname != binary || p.MainProgram != p.Pname || p.ModRoot != module || !reflect.DeepEqual(p.SubPackages, []string{"cmd/" + binary}) {
 				t.Errorf("%s: pname %s, mainProgram %s, modRoot %s, subPackages %q", where, p.Pname, p.MainProgram, p.ModRoot, p.SubPackages)
 			}
-			if p.VendorHash == "" || p.VendorHash != ev.VendorHashes[name] {
-				t.Errorf("%s: vendorHash %q, nix/vendor-hashes.nix has %q", where, p.VendorHash, ev.VendorHashes[name])
+			if p.VendorHash == "" || p.VendorHash != ev.VendorHashes[module] {
+				t.Errorf("%s: vendorHash %q, nix/vendor-hashes.nix has %q", where, p.VendorHash, ev.VendorHashes[module])
 			}
 			if p.Env["GOWORK"] != "off" || p.Env["CGO_ENABLED"] != "0" {
 				t.Errorf("%s: env %v", where, p.Env)
