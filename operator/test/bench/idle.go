@@ -70,6 +70,9 @@ func (e *sshEndpoint) count() int64 { return e.conns.Load() }
 // Every rate is per minute of the round.
 type IdleRound struct {
 	Seconds float64 `json:"seconds"`
+	// SettleSeconds is how long the round waited after the last one before its
+	// clock started.
+	SettleSeconds float64 `json:"settleSeconds"`
 	// OperatorCPUSecondsPerMinute is the operator's utime+stime.
 	OperatorCPUSecondsPerMinute float64 `json:"operatorCPUSecondsPerMinute"`
 	// APIRequestsPerMinute is the operator's rest_client_requests_total; ByMethod
@@ -88,8 +91,22 @@ type IdleRound struct {
 	CPUSeconds map[string]float64 `json:"cpuSeconds"`
 }
 
-// measureIdle waits d with nothing to do and reports what the operator spent.
+// measureIdle waits o.idle with nothing to do and reports what the operator spent.
+// It starts a probe interval (and a margin) after the last round: the first probe
+// after an apply records the agent's answer once (status.agent.lastSeenTime, which
+// drift detection needs), a cost of the apply, not of being idle.
 func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, ssh *sshEndpoint, o fleetOptions) (*IdleRound, error) {
+	settle := o.probeInterval
+	if settle == 0 {
+		settle = time.Minute
+	}
+	settle += 15 * time.Second
+	o.log.Info("idle round: settling", "for", settle)
+	select {
+	case <-time.After(settle):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	m0, err := st.metrics(ctx)
 	if err != nil {
 		return nil, err
@@ -119,6 +136,7 @@ func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, 
 	g := git.counts().minus(g0)
 	r := &IdleRound{
 		Seconds:                     wall.Seconds(),
+		SettleSeconds:               settle.Seconds(),
 		OperatorCPUSecondsPerMinute: perMin(st.usage().CPUSeconds - u0.CPUSeconds),
 		APIRequestsPerMinute:        perMin(m1["rest_client_requests_total"] - m0["rest_client_requests_total"]),
 		APIRequestsByMethod:         map[string]float64{},
