@@ -6,11 +6,11 @@ package hostconn
 import (
 	"context"
 	"fmt"
-	"net"
 	"path"
-	"strconv"
+	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
@@ -21,8 +21,9 @@ import (
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
-// Factory opens Hosts. It reads each Machine's SSH key Secret when a Host is opened,
-// so a rotated key is used from the next pass on.
+// Factory opens Hosts. It keeps one agent connection per Machine (a
+// transport.AgentPool) across the Hosts it opens. It reads each Machine's SSH key
+// Secret when a Host is opened, so a rotated key is used from the next pass on.
 type Factory struct {
 	// Client reads Secrets.
 	Client client.Client
@@ -33,25 +34,34 @@ type Factory struct {
 	SSH transport.SSHConfig
 	// AgentDialTimeout bounds connecting to an agent (default 10s).
 	AgentDialTimeout time.Duration
+	// AgentIdleTimeout closes an agent connection unused this long, AgentMaxLifetime
+	// one this old (defaults: transport.DefaultAgentIdleTimeout and
+	// DefaultAgentMaxLifetime).
+	AgentIdleTimeout, AgentMaxLifetime time.Duration
+
+	poolOnce sync.Once
+	pool     *transport.AgentPool
 }
 
 var _ host.Hosts = (*Factory)(nil)
+
+func (f *Factory) agentPool() *transport.AgentPool {
+	f.poolOnce.Do(func() {
+		f.pool = &transport.AgentPool{IdleTimeout: f.AgentIdleTimeout, MaxLifetime: f.AgentMaxLifetime}
+	})
+	return f.pool
+}
 
 // Open returns the Host of Machine m. A Machine with the agent disabled has no agent
 // way; one without sshKeySecretRef has no SSH way.
 func (f *Factory) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 	h := &conn{}
-	if !m.Spec.Agent.Disabled {
-		port := int(m.Spec.Agent.Port)
-		if port == 0 {
-			port = 9443
-		}
-		a, err := transport.NewAgent(transport.AgentConfig{
-			Address:   net.JoinHostPort(m.Spec.IPAddress, strconv.Itoa(port)),
-			Namespace: m.Namespace, Name: m.Name,
-			RootCAs: f.Credentials.RootCAs(), GetClientCertificate: f.Credentials.GetClientCertificate,
-			DialTimeout: f.AgentDialTimeout,
-		})
+	if m.Spec.Agent.Disabled {
+		f.agentPool().Forget(m.Namespace, m.Name)
+	} else {
+		cfg := transport.AgentConfigFor(m, f.Credentials.RootCAs(), f.Credentials.GetClientCertificate)
+		cfg.DialTimeout, cfg.Pool = f.AgentDialTimeout, f.agentPool()
+		a, err := transport.NewAgent(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("agent transport for Machine %s: %w", m.Name, err)
 		}
@@ -86,6 +96,16 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 		h.agentTLSDir = transport.DefaultAgentTLSDir
 	}
 	return h, nil
+}
+
+// Forget closes the agent connection of Machine key: it was deleted.
+func (f *Factory) Forget(key types.NamespacedName) {
+	f.agentPool().Forget(key.Namespace, key.Name)
+}
+
+// Close closes every agent connection (the operator stops).
+func (f *Factory) Close() {
+	f.agentPool().Close()
 }
 
 // conn is the fallback transport plus the SSH- and agent-only duties.
@@ -134,5 +154,6 @@ func (h *conn) InstallMarkerPresent(ctx context.Context) (bool, error) {
 	return h.ssh.FileExists(ctx, install.MarkerPath)
 }
 
-// Close has nothing to release: every call dials its own connection.
+// Close has nothing to release: the agent connection is the Factory's, and every
+// SSH call dials its own.
 func (h *conn) Close() error { return nil }

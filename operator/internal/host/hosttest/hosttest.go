@@ -21,22 +21,38 @@ import (
 	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
 	"github.com/homystack/nio/operator/internal/transport"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Fleet opens the stand-ins: each Machine name has one Host.
 type Fleet struct {
 	// Client reads the Machines' SSH key Secrets (as the real Hosts do).
-	Client client.Client
-	mu     sync.Mutex
-	hosts  map[string]*Host
-	opens  map[string]int // Open calls per Machine name, failed ones included
+	Client    client.Client
+	mu        sync.Mutex
+	hosts     map[string]*Host
+	opens     map[string]int // Open calls per Machine name, failed ones included
+	forgotten map[string]int // Forget calls per Machine name
 }
 
 // NewFleet returns a Fleet; set Client before the first Open of a Machine with an
 // SSH key.
 func NewFleet() *Fleet {
-	return &Fleet{hosts: map[string]*Host{}, opens: map[string]int{}}
+	return &Fleet{hosts: map[string]*Host{}, opens: map[string]int{}, forgotten: map[string]int{}}
+}
+
+// Forget records that the controllers let go of Machine m.
+func (f *Fleet) Forget(m types.NamespacedName) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgotten[m.Name]++
+}
+
+// ForgetCount is how many times Forget was called for Machine name.
+func (f *Fleet) ForgetCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forgotten[name]
 }
 
 // OpenCount is how many times Open was called for Machine name.
