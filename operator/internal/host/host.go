@@ -40,8 +40,8 @@ type Host interface {
 }
 
 // Hosts opens Hosts for Machines. The real one keeps one agent connection per
-// Machine, reads the Machine's SSH key Secret and uses the operator's client
-// certificate; tests use a recording stand-in.
+// Machine, uses the operator's client certificate, and reads the Machine's SSH key
+// Secret when a Host first needs SSH; tests use a recording stand-in.
 type Hosts interface {
 	Open(ctx context.Context, m *nio.Machine) (Host, error)
 	// Forget releases what is kept for Machine m (its agent connection): it was

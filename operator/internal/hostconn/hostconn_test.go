@@ -3,9 +3,7 @@ package hostconn
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,7 +20,6 @@ import (
 
 	agentv1 "github.com/homystack/nio/api/gen/nio/agent/v1"
 	nio "github.com/homystack/nio/api/v1alpha1"
-	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 )
 
@@ -197,22 +194,5 @@ func TestHostsOfAMachineShareOneAgentConnection(t *testing.T) {
 	}
 	if n := moved.accepted.Load(); n != 2 {
 		t.Fatalf("accepted %d connections, want a new one after Forget", n)
-	}
-}
-
-// TestUnparsableSSHKeyIsAConfigurationError: a Secret whose key does not parse is
-// the user's to fix (the controllers stall instead of retrying), and the error does
-// not quote the Secret's content.
-func TestUnparsableSSHKeyIsAConfigurationError(t *testing.T) {
-	const garbage = "-----BEGIN OPENSSH PRIVATE KEY-----\nbm90LWEta2V5LXNlY3JldC12YWx1ZQ==\n-----END OPENSSH PRIVATE KEY-----\n"
-	m := machine("worker-01", 0)
-	m.Spec.SSHKeySecretRef.Name = "key"
-	m.Spec.Agent.Disabled = true
-	_, err := (&Factory{Client: countSecretReads(keySecret("key", []byte(garbage)))}).Open(context.Background(), m)
-	if !errors.Is(err, outcome.ErrConfig) {
-		t.Fatalf("Open = %v, want a configuration error", err)
-	}
-	if strings.Contains(err.Error(), "bm90LWEta2V5") {
-		t.Fatalf("error quotes the key: %v", err)
 	}
 }
