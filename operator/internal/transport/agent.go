@@ -207,6 +207,9 @@ func (a *Agent) dial() (*agentConn, error) {
 		// connection to a host that is gone.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: a.cfg.Pool != nil}),
 		grpc.WithConnectParams(grpcConnectParams(a.cfg.DialTimeout)),
+		// The framer reads from the TLS connection, which buffers a record anyway:
+		// an idle pooled connection weighs about 70 KB instead of 105 KB.
+		grpc.WithReadBufferSize(0),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w: %w", a.cfg.Address, ErrUnreachable, err)
