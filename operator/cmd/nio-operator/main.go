@@ -178,6 +178,7 @@ func run(ctx context.Context, o options) error {
 		Client: mgr.GetClient(), Credentials: creds,
 		SSH: transport.SSHConfig{StateDir: o.sshStateDir, AgentTLSDir: o.agentTLSDir},
 	}
+	defer hosts.Close() // the agent connections, one per Machine
 	recorder := mgr.GetEventRecorder("nio-operator")
 	srcs := &controller.Sources{Cache: sources}
 	trigger := controller.NewTrigger(mgr.GetClient(), srcs)

@@ -96,6 +96,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	if err := r.Get(ctx, req.NamespacedName, m); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.forgetProbe(req.NamespacedName)
+			r.Hosts.Forget(req.NamespacedName)
 		}
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
@@ -132,28 +133,45 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 
 	host, err := r.Hosts.Open(ctx, m)
 	if err != nil {
-		// A missing SSH key Secret (or key in it) is the user's to fix: it stalls, and
-		// the Secret watch brings the next pass when it appears.
-		reason := ReasonHostUnreachable
-		if kind, why := outcome.Classify(err); kind == outcome.KindStalling {
-			reason = why
-		} else {
-			err = outcome.Failed(ReasonHostUnreachable, err)
-		}
-		setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
-		return summary.Summarize(ctx, outcome.Success{}, err)
+		return summary.Summarize(ctx, outcome.Success{}, r.unreachable(m, err))
 	}
 	defer host.Close()
 
 	r.rememberProbe(m)
 	probe := host.Probe(ctx)
 	ok, err := r.observeProbe(m, probe)
+	if kind, _ := outcome.Classify(probe.SSHError); kind == outcome.KindStalling {
+		// The probe needed SSH (the agent does not answer, or the host key is not
+		// recorded yet) and the SSH key Secret is missing or its key unparsable: the
+		// user's to fix, as when Open failed on it. The Secret is read only when SSH
+		// is needed: while the agent answers and the host key is recorded, a missing
+		// one shows at the first probe that needs SSH.
+		err = probe.SSHError
+		if !probe.AgentReachable {
+			err = r.unreachable(m, err)
+		}
+		return summary.Summarize(ctx, outcome.Success{}, err)
+	}
 	if err == nil {
 		r.observeSystem(ctx, m, host)
 		r.collectFacts(ctx, m, host)
 		r.maintainAgentIdentity(ctx, m, host, probe)
 	}
 	return summary.Summarize(ctx, ok, err)
+}
+
+// unreachable records that the host could not be tried: Reachable is Unknown. A
+// missing SSH key Secret (or key in it) is the user's to fix: it stalls, and the
+// Secret watch brings the next pass when it appears.
+func (r *MachineReconciler) unreachable(m *nio.Machine, err error) error {
+	reason := ReasonHostUnreachable
+	if kind, why := outcome.Classify(err); kind == outcome.KindStalling {
+		reason = why
+	} else {
+		err = outcome.Failed(ReasonHostUnreachable, err)
+	}
+	setCondition(&m.Status.Conditions, m.Generation, nio.ConditionReachable, metav1.ConditionUnknown, reason, err.Error())
+	return err
 }
 
 // observeConfiguration copies what was applied to the Machine from the status of the

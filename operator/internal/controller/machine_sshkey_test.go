@@ -59,3 +59,40 @@ func TestMissingSSHKeySecretStallsUntilItAppears(t *testing.T) {
 		return nil
 	})
 }
+
+// TestMissingSSHKeySecretShowsOnceSSHIsNeeded: the SSH key Secret is read only when
+// SSH is needed. A Machine whose agent answers and whose host key is pinned is
+// Ready without it (probes do not log in over SSH); once the agent stops
+// answering, the probe needs SSH and the Machine stalls on the missing Secret, with
+// Reachable Unknown: SSH could not be tried.
+func TestMissingSSHKeySecretShowsOnceSSHIsNeeded(t *testing.T) {
+	f := newFixture(t)
+	m := f.machine("worker-03")
+	m.Spec.SSHKeySecretRef = &nio.SSHKeySecretReference{Name: "worker-03-ssh-key"}
+	m.Spec.SSHHostKey = hosttest.InstalledHostKey
+	f.create(m)
+	fleet := hosttest.NewFleet()
+	host := fleet.Host("worker-03")
+	f.op = startOperator(t, f.ns, fleet, nil)
+
+	eventually(t, 20*time.Second, "Ready over the agent without the Secret", func() error {
+		m := getMachine(t, f.ns, "worker-03")
+		ready, reachable := condition(m.Status.Conditions, nio.ConditionReady), condition(m.Status.Conditions, nio.ConditionReachable)
+		if ready == nil || ready.Status != metav1.ConditionTrue || reachable == nil || !strings.Contains(reachable.Message, "SSH not probed") {
+			return errorf("Ready %+v, Reachable %+v", ready, reachable)
+		}
+		return nil
+	})
+
+	host.Set(func(h *hosttest.Host) { h.AgentUp = false })
+	eventually(t, 20*time.Second, "stalled on the missing Secret once SSH is needed", func() error {
+		m := getMachine(t, f.ns, "worker-03")
+		stalled, reachable := condition(m.Status.Conditions, nio.ConditionStalled), condition(m.Status.Conditions, nio.ConditionReachable)
+		if stalled == nil || stalled.Status != metav1.ConditionTrue || stalled.Reason != ReasonSSHKeyMissing ||
+			!strings.Contains(stalled.Message, "worker-03-ssh-key") ||
+			reachable == nil || reachable.Status != metav1.ConditionUnknown || reachable.Reason != ReasonSSHKeyMissing {
+			return errorf("Stalled %+v, Reachable %+v", stalled, reachable)
+		}
+		return nil
+	})
+}

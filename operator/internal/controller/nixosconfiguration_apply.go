@@ -288,9 +288,11 @@ func (r *NixosConfigurationReconciler) run(ctx context.Context, sw *statusWriter
 	}
 	endOpLog(opLog, res, err, src.secrets)
 	if err == nil || errors.Is(err, transport.ErrUnreachable) || errors.Is(err, transport.ErrBusy) ||
-		errors.Is(err, transport.ErrHealthChecksNeedAgent) || errors.Is(err, transport.ErrInvalidHealthChecks) {
-		// The operation ended, or never started: the next pass starts a new one. Other
-		// errors (a stream lost for good) keep it, so the next pass attaches.
+		errors.Is(err, transport.ErrHealthChecksNeedAgent) || errors.Is(err, transport.ErrInvalidHealthChecks) || stalls(err) {
+		// The operation ended, or never started (a stalling error is the SSH key,
+		// read when the unreachable agent sent the apply to SSH): the next pass
+		// starts a new one. Other errors (a stream lost for good) keep it, so the
+		// next pass attaches.
 		if op := obj.Status.CurrentOperation; op != nil && op.ID == cur.ID {
 			obj.Status.CurrentOperation = nil
 		}
@@ -330,7 +332,9 @@ func (r *NixosConfigurationReconciler) applyBounded(ctx context.Context, h host.
 // applyError classifies an apply that did not reach an outcome.
 func applyError(m *nio.Machine, err error) error {
 	switch {
-	case errors.Is(err, outcome.ErrConfig):
+	case errors.Is(err, outcome.ErrConfig), stalls(err):
+		// E.g. the SSH key Secret is missing or its key unparsable (the agent did
+		// not answer, so SSH was needed).
 		return err
 	case errors.Is(err, transport.ErrBusy):
 		return outcome.Wait(10*time.Second, ReasonProgressing, "Machine %s is busy with another operation", m.Name)
@@ -340,6 +344,12 @@ func applyError(m *nio.Machine, err error) error {
 		return outcome.Failed(ReasonHostUnreachable, fmt.Errorf("Machine %s unreachable: %w", m.Name, err))
 	}
 	return outcome.Failed(ReasonApplyFailed, err)
+}
+
+// stalls tells whether err is the user's to fix (outcome.KindStalling).
+func stalls(err error) bool {
+	kind, _ := outcome.Classify(err)
+	return kind == outcome.KindStalling
 }
 
 // record writes the outcome of an apply: on success the configuration's status and a

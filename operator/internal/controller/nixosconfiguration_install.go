@@ -71,6 +71,9 @@ func (r *NixosConfigurationReconciler) reconcileInstall(ctx context.Context, sw 
 
 	if !wantReinstall {
 		installed, how, err := r.installedAlready(ctx, host)
+		if stalls(err) {
+			return false, outcome.Success{}, err // the SSH key: missing or unparsable
+		}
 		if err != nil {
 			setCondition(&obj.Status.Conditions, obj.Generation, nio.ConditionInstalled, metav1.ConditionFalse, ReasonHostUnreachable, err.Error())
 			return false, outcome.Success{}, outcome.Failed(ReasonHostUnreachable, fmt.Errorf("Cannot tell whether Machine %s is installed: %w", m.Name, err))

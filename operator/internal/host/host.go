@@ -39,10 +39,14 @@ type Host interface {
 	Close() error
 }
 
-// Hosts opens Hosts for Machines. The real one reads the Machine's SSH key Secret and
-// uses the operator's client certificate; tests use a recording stand-in.
+// Hosts opens Hosts for Machines. The real one keeps one agent connection per
+// Machine, uses the operator's client certificate, and reads the Machine's SSH key
+// Secret when a Host first needs SSH; tests use a recording stand-in.
 type Hosts interface {
 	Open(ctx context.Context, m *nio.Machine) (Host, error)
+	// Forget releases what is kept for Machine m (its agent connection): it was
+	// deleted.
+	Forget(m types.NamespacedName)
 }
 
 // ReasonSSHKeyMissing is the condition reason of a Machine whose SSH key can't be read.

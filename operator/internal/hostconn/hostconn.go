@@ -6,23 +6,24 @@ package hostconn
 import (
 	"context"
 	"fmt"
-	"net"
 	"path"
-	"strconv"
+	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	nio "github.com/homystack/nio/api/v1alpha1"
 	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
-	"github.com/homystack/nio/operator/internal/outcome"
 	"github.com/homystack/nio/operator/internal/pki"
 	"github.com/homystack/nio/operator/internal/transport"
 )
 
-// Factory opens Hosts. It reads each Machine's SSH key Secret when a Host is opened,
-// so a rotated key is used from the next pass on.
+// Factory opens Hosts. It keeps one agent connection per Machine (a
+// transport.AgentPool) across the Hosts it opens. A Host reads the Machine's SSH
+// key Secret the first time it needs SSH, so a rotated key is used from the next
+// pass on, and a Machine whose agent answers costs no Secret read.
 type Factory struct {
 	// Client reads Secrets.
 	Client client.Client
@@ -33,52 +34,43 @@ type Factory struct {
 	SSH transport.SSHConfig
 	// AgentDialTimeout bounds connecting to an agent (default 10s).
 	AgentDialTimeout time.Duration
+	// AgentIdleTimeout closes an agent connection unused this long, AgentMaxLifetime
+	// one this old (defaults: transport.DefaultAgentIdleTimeout and
+	// DefaultAgentMaxLifetime).
+	AgentIdleTimeout, AgentMaxLifetime time.Duration
+
+	poolOnce sync.Once
+	pool     *transport.AgentPool
 }
 
 var _ host.Hosts = (*Factory)(nil)
 
+func (f *Factory) agentPool() *transport.AgentPool {
+	f.poolOnce.Do(func() {
+		f.pool = &transport.AgentPool{IdleTimeout: f.AgentIdleTimeout, MaxLifetime: f.AgentMaxLifetime}
+	})
+	return f.pool
+}
+
 // Open returns the Host of Machine m. A Machine with the agent disabled has no agent
-// way; one without sshKeySecretRef has no SSH way.
-func (f *Factory) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
+// way; one without sshKeySecretRef has no SSH way. Open reads nothing: a missing or
+// unparsable SSH key shows where SSH is first needed.
+func (f *Factory) Open(_ context.Context, m *nio.Machine) (host.Host, error) {
 	h := &conn{}
-	if !m.Spec.Agent.Disabled {
-		port := int(m.Spec.Agent.Port)
-		if port == 0 {
-			port = 9443
-		}
-		a, err := transport.NewAgent(transport.AgentConfig{
-			Address:   net.JoinHostPort(m.Spec.IPAddress, strconv.Itoa(port)),
-			Namespace: m.Namespace, Name: m.Name,
-			RootCAs: f.Credentials.RootCAs(), GetClientCertificate: f.Credentials.GetClientCertificate,
-			DialTimeout: f.AgentDialTimeout,
-		})
+	if m.Spec.Agent.Disabled {
+		f.agentPool().Forget(m.Namespace, m.Name)
+	} else {
+		cfg := transport.AgentConfigFor(m, f.Credentials.RootCAs(), f.Credentials.GetClientCertificate)
+		cfg.DialTimeout, cfg.Pool = f.AgentDialTimeout, f.agentPool()
+		a, err := transport.NewAgent(cfg)
 		if err != nil {
 			return nil, fmt.Errorf("agent transport for Machine %s: %w", m.Name, err)
 		}
 		h.agent = a
+		h.Fallback.Agent = a
 	}
 	if m.Spec.SSHKeySecretRef != nil {
-		key, err := host.SSHKey(ctx, f.Client, m)
-		if err != nil {
-			return nil, err
-		}
-		cfg := transport.SSHConfigFor(m, key)
-		cfg.StateDir, cfg.AgentTLSDir = f.SSH.StateDir, f.SSH.AgentTLSDir
-		cfg.ProfilePath, cfg.CurrentSystemLink, cfg.BootedSystemLink = f.SSH.ProfilePath, f.SSH.CurrentSystemLink, f.SSH.BootedSystemLink
-		cfg.DialTimeout = f.SSH.DialTimeout
-		s, err := transport.NewSSH(cfg)
-		if err != nil {
-			// An unparsable key in the Secret, or a malformed pinned or recorded host
-			// key: the user's to fix, so the pass stalls instead of retrying.
-			return nil, fmt.Errorf("ssh transport for Machine %s: %w: %w", m.Name, outcome.ErrConfig, err)
-		}
-		h.ssh = s
-	}
-	h.Fallback = transport.Fallback{}
-	if h.agent != nil {
-		h.Fallback.Agent = h.agent
-	}
-	if h.ssh != nil {
+		h.ssh = f.sshWay(m)
 		h.Fallback.SSH = h.ssh
 	}
 	h.agentTLSDir = f.SSH.AgentTLSDir
@@ -88,36 +80,49 @@ func (f *Factory) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
 	return h, nil
 }
 
+// Forget closes the agent connection of Machine key: it was deleted.
+func (f *Factory) Forget(key types.NamespacedName) {
+	f.agentPool().Forget(key.Namespace, key.Name)
+}
+
+// Close closes every agent connection (the operator stops).
+func (f *Factory) Close() {
+	f.agentPool().Close()
+}
+
 // conn is the fallback transport plus the SSH- and agent-only duties.
 type conn struct {
 	transport.Fallback
 	agent       *transport.Agent
-	ssh         *transport.SSH
+	ssh         *sshWay
 	agentTLSDir string
 }
 
-func (h *conn) needSSH(what string) error {
+// sshOnly is the SSH transport for a duty only SSH does.
+func (h *conn) sshOnly(ctx context.Context, what string) (*transport.SSH, error) {
 	if h.ssh == nil {
-		return fmt.Errorf("%s needs SSH, and the Machine has no sshKeySecretRef", what)
+		return nil, fmt.Errorf("%s needs SSH, and the Machine has no sshKeySecretRef", what)
 	}
-	return nil
+	return h.ssh.get(ctx)
 }
 
 func (h *conn) AgentIdentityPresent(ctx context.Context) (bool, error) {
-	if err := h.needSSH("checking the agent's TLS identity"); err != nil {
+	s, err := h.sshOnly(ctx, "checking the agent's TLS identity")
+	if err != nil {
 		return false, err
 	}
-	return h.ssh.FileExists(ctx, path.Join(h.agentTLSDir, "tls.crt"))
+	return s.FileExists(ctx, path.Join(h.agentTLSDir, "tls.crt"))
 }
 
 func (h *conn) InstallAgentIdentity(ctx context.Context, caPEM, certPEM, keyPEM []byte) error {
-	if err := h.needSSH("delivering the agent's TLS identity"); err != nil {
+	s, err := h.sshOnly(ctx, "delivering the agent's TLS identity")
+	if err != nil {
 		return err
 	}
-	if err := h.ssh.InstallAgentTLS(ctx, transport.AgentTLSFiles{CACert: caPEM, Cert: certPEM, Key: keyPEM}); err != nil {
+	if err := s.InstallAgentTLS(ctx, transport.AgentTLSFiles{CACert: caPEM, Cert: certPEM, Key: keyPEM}); err != nil {
 		return err
 	}
-	return h.ssh.RestartAgent(ctx)
+	return s.RestartAgent(ctx)
 }
 
 func (h *conn) RenewAgentCertificate(ctx context.Context, sign func([]byte) ([]byte, error)) (time.Time, error) {
@@ -128,11 +133,13 @@ func (h *conn) RenewAgentCertificate(ctx context.Context, sign func([]byte) ([]b
 }
 
 func (h *conn) InstallMarkerPresent(ctx context.Context) (bool, error) {
-	if err := h.needSSH("checking the install marker"); err != nil {
+	s, err := h.sshOnly(ctx, "checking the install marker")
+	if err != nil {
 		return false, err
 	}
-	return h.ssh.FileExists(ctx, install.MarkerPath)
+	return s.FileExists(ctx, install.MarkerPath)
 }
 
-// Close has nothing to release: every call dials its own connection.
+// Close has nothing to release: the agent connection is the Factory's, and every
+// SSH call dials its own.
 func (h *conn) Close() error { return nil }

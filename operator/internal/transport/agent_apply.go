@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -204,20 +205,26 @@ func sendSecrets(stream agentv1.AgentService_ApplyClient, req ApplyRequest) erro
 	return nil
 }
 
-// applyOnce is one Apply stream on a new connection. broken says the stream failed in
-// transport (worth re-attaching), as opposed to an answer from the agent.
+// applyOnce is one Apply stream, on the pool's connection or a new one; after a
+// broken stream the pool's is dropped, so a re-attach dials anew. broken says the
+// stream failed in transport (worth re-attaching), as opposed to an answer from the
+// agent.
 func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *applyState) (res ApplyResult, broken bool, err error) {
-	c, err := a.dial()
+	// On a reused connection that broke before the agent's first answer the header
+	// may or may not have arrived: like a broken new connection, that is never
+	// "unreachable" (no SSH beside the operation), and the re-attach dials anew.
+	c, release, _, err := a.conn()
 	if err != nil {
 		return res, false, err
 	}
-	defer c.cc.Close()
+	defer func() { release(err) }()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	stream, err := c.client.Apply(sctx)
+	var p peer.Peer // filled when the stream ends
+	stream, err := c.client.Apply(sctx, grpc.Peer(&p))
 	if err != nil {
-		return res, isBroken(ctx, err), a.classify("apply", c, err)
+		return res, isBroken(ctx, err), a.classify("apply", c, &p, err)
 	}
 	h := proto.CloneOf(header)
 	h.ResumeAfterSequence = st.lastSeq
@@ -228,19 +235,19 @@ func (a *Agent) applyOnce(ctx context.Context, header *agentv1.ApplyHeader, st *
 	if err != nil {
 		// The real reason arrives on Recv.
 		_, err = stream.Recv()
-		return res, isBroken(ctx, err), a.classify("apply", c, eofAsBroken(err))
+		return res, isBroken(ctx, err), a.classify("apply", c, &p, eofAsBroken(err))
 	}
 	first := true
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			err = eofAsBroken(err)
-			if up, _ := c.state.get(); up && status.Code(err) != codes.Aborted && status.Code(err) != codes.InvalidArgument {
+			if reached(&p) && status.Code(err) != codes.Aborted && status.Code(err) != codes.InvalidArgument {
 				// The agent answered this connection: the header may have started
 				// the operation, so a later failure must never fall back to SSH.
 				st.everActive = true
 			}
-			return res, isBroken(ctx, err), a.classify("apply "+header.GetOperationId(), c, err)
+			return res, isBroken(ctx, err), a.classify("apply "+header.GetOperationId(), c, &p, err)
 		}
 		st.everActive = true
 		seq := resp.GetSequence()

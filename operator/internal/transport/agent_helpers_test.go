@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -224,6 +225,53 @@ func (d *dialCounter) closeAll() {
 		_ = c.Close()
 	}
 }
+
+// connCounter forwards TCP connections to a target and counts them: accepted, the
+// ones the target accepted too (served), and the ones open now.
+type connCounter struct {
+	ln                     net.Listener
+	accepted, served, open atomic.Int32
+}
+
+func countConnections(t *testing.T, target string) *connCounter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	l := &connCounter{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			l.accepted.Add(1)
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				l.served.Add(1)
+				l.open.Add(1)
+				defer l.open.Add(-1)
+				// Either side ending ends both.
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(s, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, s); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *connCounter) addr() string { return l.ln.Addr().String() }
+
+func (l *connCounter) port() int { return l.ln.Addr().(*net.TCPAddr).Port }
 
 // agentTransport dials h as Machine testNamespace/name with the operator identity.
 func (h *agentHost) agentTransport(t *testing.T, name string, d *dialCounter) *Agent {

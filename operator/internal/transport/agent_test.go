@@ -325,7 +325,10 @@ func TestAgentRenewCertificateSignsTheAgentsCSR(t *testing.T) {
 	t.Parallel()
 	ca := certtest.NewCA(t)
 	h := startAgent(t, ca, "web")
-	a := h.agentTransport(t, "web", nil)
+	conns := countConnections(t, h.addr)
+	pool := &AgentPool{}
+	t.Cleanup(pool.Close)
+	a := h.pooledAgent(t, "web", pool, conns)
 	notAfter := time.Now().Add(72 * time.Hour).Truncate(time.Second).UTC()
 	var csrNames []string
 	got, err := a.RenewCertificate(context.Background(), func(csrPEM []byte) ([]byte, error) {
@@ -364,5 +367,8 @@ func TestAgentRenewCertificateSignsTheAgentsCSR(t *testing.T) {
 	}
 	if !st.CertificateNotAfter.Equal(notAfter) {
 		t.Fatalf("status reports certificate expiry %v, want %v", st.CertificateNotAfter, notAfter)
+	}
+	if n := conns.served.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2: the pool's connection is replaced after a renewal", n)
 	}
 }

@@ -154,8 +154,13 @@ func setDefault(s *string, def string) {
 
 // HostKeyRecorded tells whether the host key is pinned (HostKey) or recorded
 // (HostKeyFingerprint): a login would only confirm it.
-func (s *SSH) HostKeyRecorded() bool {
-	return s.cfg.HostKey != "" || s.cfg.HostKeyFingerprint != ""
+func (s *SSH) HostKeyRecorded() bool { return s.cfg.HostKeyRecorded() }
+
+// HostKeyRecorded tells whether the configuration pins (HostKey) or records
+// (HostKeyFingerprint) the host key. It needs no login key: a Host tells it before
+// reading the key's Secret.
+func (c SSHConfig) HostKeyRecorded() bool {
+	return c.HostKey != "" || c.HostKeyFingerprint != ""
 }
 
 // SeenHostKeyFingerprint is the SHA256 fingerprint of the host key presented on the

@@ -21,22 +21,38 @@ import (
 	"github.com/homystack/nio/operator/internal/host"
 	"github.com/homystack/nio/operator/internal/install"
 	"github.com/homystack/nio/operator/internal/transport"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // Fleet opens the stand-ins: each Machine name has one Host.
 type Fleet struct {
 	// Client reads the Machines' SSH key Secrets (as the real Hosts do).
-	Client client.Client
-	mu     sync.Mutex
-	hosts  map[string]*Host
-	opens  map[string]int // Open calls per Machine name, failed ones included
+	Client    client.Client
+	mu        sync.Mutex
+	hosts     map[string]*Host
+	opens     map[string]int // Open calls per Machine name, failed ones included
+	forgotten map[string]int // Forget calls per Machine name
 }
 
 // NewFleet returns a Fleet; set Client before the first Open of a Machine with an
 // SSH key.
 func NewFleet() *Fleet {
-	return &Fleet{hosts: map[string]*Host{}, opens: map[string]int{}}
+	return &Fleet{hosts: map[string]*Host{}, opens: map[string]int{}, forgotten: map[string]int{}}
+}
+
+// Forget records that the controllers let go of Machine m.
+func (f *Fleet) Forget(m types.NamespacedName) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgotten[m.Name]++
+}
+
+// ForgetCount is how many times Forget was called for Machine name.
+func (f *Fleet) ForgetCount(name string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.forgotten[name]
 }
 
 // OpenCount is how many times Open was called for Machine name.
@@ -60,21 +76,26 @@ func (f *Fleet) Host(name string) *Host {
 	return h
 }
 
-// Open mimics the real factory: the SSH key Secret must exist when referenced, and
-// a Machine with spec.agent.disabled has no agent way (whatever AgentUp says).
-func (f *Fleet) Open(ctx context.Context, m *nio.Machine) (host.Host, error) {
+// Open mimics the real factory: the SSH key Secret is read when SSH is used, and
+// must exist when referenced; a Machine with spec.agent.disabled has no agent way
+// (whatever AgentUp says).
+func (f *Fleet) Open(_ context.Context, m *nio.Machine) (host.Host, error) {
 	f.mu.Lock()
 	f.opens[m.Name]++
 	f.mu.Unlock()
+	var sshKey func(context.Context) error
 	if m.Spec.SSHKeySecretRef != nil {
-		if _, err := host.SSHKey(ctx, f.Client, m); err != nil {
-			return nil, err
+		m := m.DeepCopy()
+		sshKey = func(ctx context.Context) error {
+			_, err := host.SSHKey(ctx, f.Client, m)
+			return err
 		}
 	}
 	h := f.Host(m.Name)
 	h.Set(func(h *Host) {
 		h.agentDisabled = m.Spec.Agent.Disabled
 		h.hostKeyRecorded = m.Spec.SSHHostKey != "" || m.Status.SSHHostKeyFingerprint != ""
+		h.sshKey = sshKey
 	})
 	return h, nil
 }
@@ -157,8 +178,10 @@ type Host struct {
 	agentDisabled bool
 	// hostKeyRecorded: the Machine pinned or recorded its host key at the last Open.
 	hostKeyRecorded bool
-	applies         []AppliedOp
-	calls           int
+	// sshKey reads the SSH key Secret of the Machine at the last Open (nil: none).
+	sshKey  func(context.Context) error
+	applies []AppliedOp
+	calls   int
 }
 
 // Set changes the stand-in under its lock.
@@ -177,6 +200,30 @@ func (h *Host) Calls() int {
 
 // agentOn says whether the agent answers (under the lock).
 func (h *Host) agentOn() bool { return h.AgentUp && !h.agentDisabled }
+
+// readSSHKey reads the Machine's SSH key Secret, as the real Host does the first
+// time it needs SSH: a missing Secret or key is that call's error.
+func (h *Host) readSSHKey(ctx context.Context) error {
+	h.mu.Lock()
+	key := h.sshKey
+	h.mu.Unlock()
+	if key == nil {
+		return nil
+	}
+	return key(ctx)
+}
+
+// viaSSH reads the SSH key when the agent does not answer, as the fallback then
+// turns to SSH.
+func (h *Host) viaSSH(ctx context.Context) error {
+	h.mu.Lock()
+	agent := h.agentOn()
+	h.mu.Unlock()
+	if agent {
+		return nil
+	}
+	return h.readSSHKey(ctx)
+}
 
 // Ops are the Applies the stand-in received, in order.
 func (h *Host) Ops() []AppliedOp {
@@ -207,6 +254,11 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 			return transport.ApplyResult{Transport: nio.TransportAgent}, transport.RefuseHealthChecksOnOldAgent(h.name, version)
 		case invalid != "":
 			return transport.ApplyResult{Transport: nio.TransportAgent}, fmt.Errorf("agent %s apply %s: %w: %s", h.name, req.OperationID, transport.ErrInvalidHealthChecks, invalid)
+		}
+	}
+	if !agent {
+		if err := h.readSSHKey(ctx); err != nil {
+			return transport.ApplyResult{Transport: nio.TransportSSH}, err
 		}
 	}
 	if !up {
@@ -325,7 +377,10 @@ func (h *Host) record(op AppliedOp) {
 	h.applies = append(h.applies, op)
 }
 
-func (h *Host) Status(context.Context) (transport.SystemStatus, error) {
+func (h *Host) Status(ctx context.Context) (transport.SystemStatus, error) {
+	if err := h.viaSSH(ctx); err != nil {
+		return transport.SystemStatus{}, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.agentOn() && !h.SSHUp {
@@ -341,7 +396,10 @@ func (h *Host) Status(context.Context) (transport.SystemStatus, error) {
 	return st, nil
 }
 
-func (h *Host) Facts(context.Context) ([]byte, error) {
+func (h *Host) Facts(ctx context.Context) ([]byte, error) {
+	if err := h.viaSSH(ctx); err != nil {
+		return nil, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.FactsReport == nil {
@@ -363,7 +421,14 @@ func (h *Host) Confirm(context.Context, string) error {
 	return nil
 }
 
-func (h *Host) Probe(context.Context) transport.ProbeResult {
+func (h *Host) Probe(ctx context.Context) transport.ProbeResult {
+	h.mu.Lock()
+	skip := h.agentOn() && h.hostKeyRecorded
+	h.mu.Unlock()
+	var keyErr error
+	if !skip {
+		keyErr = h.readSSHKey(ctx)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.Probes++
@@ -382,6 +447,10 @@ func (h *Host) Probe(context.Context) transport.ProbeResult {
 		p.SSHReachable, p.SSHSkipped = false, true
 		return p
 	}
+	if keyErr != nil {
+		p.SSHReachable, p.SSHError = false, keyErr
+		return p
+	}
 	h.SSHProbes++
 	switch {
 	case h.SSHMismatch:
@@ -394,7 +463,10 @@ func (h *Host) Probe(context.Context) transport.ProbeResult {
 	return p
 }
 
-func (h *Host) AgentIdentityPresent(context.Context) (bool, error) {
+func (h *Host) AgentIdentityPresent(ctx context.Context) (bool, error) {
+	if err := h.readSSHKey(ctx); err != nil {
+		return false, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.IdentityErr != nil {
@@ -403,7 +475,10 @@ func (h *Host) AgentIdentityPresent(context.Context) (bool, error) {
 	return h.Identities > 0, nil
 }
 
-func (h *Host) InstallAgentIdentity(_ context.Context, ca, cert, key []byte) error {
+func (h *Host) InstallAgentIdentity(ctx context.Context, ca, cert, key []byte) error {
+	if err := h.readSSHKey(ctx); err != nil {
+		return err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(ca) == 0 || len(cert) == 0 || len(key) == 0 {
@@ -417,7 +492,10 @@ func (h *Host) RenewAgentCertificate(context.Context, func([]byte) ([]byte, erro
 	return time.Time{}, errors.New("not supported by the fake")
 }
 
-func (h *Host) InstallMarkerPresent(context.Context) (bool, error) {
+func (h *Host) InstallMarkerPresent(ctx context.Context) (bool, error) {
+	if err := h.readSSHKey(ctx); err != nil {
+		return false, err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !h.SSHUp {

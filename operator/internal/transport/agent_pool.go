@@ -1,0 +1,208 @@
+package transport
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+)
+
+// Defaults of AgentPool.
+const (
+	DefaultAgentIdleTimeout = 5 * time.Minute
+	DefaultAgentMaxLifetime = time.Hour
+)
+
+// AgentPool keeps one mTLS connection per Machine's agent, shared by the calls of
+// every Agent built on it (AgentConfig.Pool): a probe per Machine per minute costs
+// no TLS handshake. Confirm never uses it (see Agent.Confirm).
+//
+// A connection is dropped, and the next call dials anew, when a call on it failed in
+// transport, when it was unused for IdleTimeout, when it is older than MaxLifetime,
+// when an Agent of the Machine has another address or server name (its spec
+// changed), and on Forget. A dropped connection still serving a call (an Apply
+// streams for minutes) is closed when that call ends.
+type AgentPool struct {
+	// IdleTimeout closes a connection no call used for this long (default
+	// DefaultAgentIdleTimeout).
+	IdleTimeout time.Duration
+	// MaxLifetime is how long a connection is lent out (default
+	// DefaultAgentMaxLifetime). The agent checks the operator's certificate at the
+	// handshake only, and the operator the agent's: a bounded life makes both
+	// sides check again, after a rotation or a change of trust.
+	MaxLifetime time.Duration
+
+	mu    sync.Mutex
+	conns map[machineKey]*pooledConn
+}
+
+type machineKey struct{ namespace, name string }
+
+// poolKey is what a connection was made for: the Machine, its agent's address and
+// the name its certificate must carry.
+type poolKey struct {
+	machine             machineKey
+	address, serverName string
+}
+
+type pooledConn struct {
+	*agentConn
+	key      poolKey
+	created  time.Time
+	lastUsed time.Time
+	users    int  // calls using it now
+	lends    int  // calls it was lent to
+	dropped  bool // out of the pool: closed when its last call ends
+	closed   bool
+	idle     *time.Timer
+}
+
+// get lends the Machine's connection, dialing one when there is none to lend;
+// reused says it was lent before.
+func (p *AgentPool) get(key poolKey, dial func() (*agentConn, error)) (c *pooledConn, reused bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		p.conns = map[machineKey]*pooledConn{}
+	}
+	c = p.conns[key.machine]
+	if c != nil && (c.key != key || time.Since(c.created) >= p.maxLifetime() || !c.usable()) {
+		p.dropLocked(c)
+		c = nil
+	}
+	if c == nil {
+		ac, err := dial()
+		if err != nil {
+			return nil, false, err
+		}
+		c = &pooledConn{agentConn: ac, key: key, created: time.Now()}
+		p.conns[key.machine] = c
+	}
+	reused = c.lends > 0
+	c.lends++
+	c.users++
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	return c, reused, nil
+}
+
+// usable: gRPC gave up connecting (TransientFailure) or the connection is closed.
+// An idle connection (the agent closed it, or it never connected) dials on its next
+// call by itself.
+func (c *pooledConn) usable() bool {
+	s := c.cc.GetState()
+	return s != connectivity.TransientFailure && s != connectivity.Shutdown
+}
+
+// put takes back a connection lent by get; failed drops it.
+func (p *AgentPool) put(c *pooledConn, failed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c.users--
+	c.lastUsed = time.Now()
+	if failed {
+		p.dropLocked(c)
+		return
+	}
+	if c.users > 0 {
+		return
+	}
+	if c.dropped {
+		c.closeLocked()
+		return
+	}
+	c.idle = time.AfterFunc(p.idleTimeout(), func() { p.expire(c) })
+}
+
+// expire drops c if it is still unused since its idle timer was set (a timer
+// stopped too late by get finds it used again).
+func (p *AgentPool) expire(c *pooledConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.users == 0 && !c.dropped && time.Since(c.lastUsed) >= p.idleTimeout() {
+		p.dropLocked(c)
+	}
+}
+
+// dropLocked takes c out of the pool; it is closed now, or when its last call ends.
+func (p *AgentPool) dropLocked(c *pooledConn) {
+	if p.conns[c.key.machine] == c {
+		delete(p.conns, c.key.machine)
+	}
+	c.dropped = true
+	if c.idle != nil {
+		c.idle.Stop()
+		c.idle = nil
+	}
+	if c.users == 0 {
+		c.closeLocked()
+	}
+}
+
+func (c *pooledConn) closeLocked() {
+	if !c.closed {
+		c.closed = true
+		_ = c.cc.Close()
+	}
+}
+
+// Forget drops the connection of Machine namespace/name: the Machine is gone, or its
+// agent disabled.
+func (p *AgentPool) Forget(namespace, name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.conns[machineKey{namespace: namespace, name: name}]; c != nil {
+		p.dropLocked(c)
+	}
+}
+
+// Close drops every connection (the operator stops).
+func (p *AgentPool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		p.dropLocked(c)
+	}
+}
+
+// Len is how many connections the pool holds.
+func (p *AgentPool) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
+}
+
+func (p *AgentPool) idleTimeout() time.Duration {
+	if p.IdleTimeout > 0 {
+		return p.IdleTimeout
+	}
+	return DefaultAgentIdleTimeout
+}
+
+func (p *AgentPool) maxLifetime() time.Duration {
+	if p.MaxLifetime > 0 {
+		return p.MaxLifetime
+	}
+	return DefaultAgentMaxLifetime
+}
+
+// connectionFailed tells whether a call's error says the connection failed, as
+// opposed to an answer of the agent: such a connection is not lent again.
+func connectionFailed(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrUnreachable) {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
