@@ -116,19 +116,25 @@ func (r *NixosConfigurationReconciler) reconcileRollback(ctx context.Context, sw
 		return outcome.Success{}, err
 	}
 	res, err := r.runRollback(ctx, obj, m, cur, gen)
-	if err != nil && !errors.Is(err, transport.ErrRollbackNeedsAgent) && !errors.Is(err, transport.ErrBusy) && !errors.Is(err, transport.ErrTimeout) {
+	needsAgent := errors.Is(err, transport.ErrRollbackNeedsAgent) || errors.Is(err, transport.ErrHealthChecksNeedAgent)
+	ended := errors.Is(err, transport.ErrTimeout) || errors.Is(err, transport.ErrInvalidHealthChecks)
+	switch {
+	case err == nil, needsAgent, ended, errors.Is(err, transport.ErrBusy):
+		obj.Status.CurrentOperation = nil
+	case errors.Is(err, outcome.ErrConfig):
+		return outcome.Success{}, err // e.g. the SSH key Secret the Machine names is gone
+	default:
 		// The outcome is unknown (a stream lost for good): the operation is kept,
 		// and the next pass attaches to it.
 		return outcome.Success{}, outcome.Failed(ReasonRollbackFailed, err)
 	}
-	obj.Status.CurrentOperation = nil
 	switch {
 	case errors.Is(err, transport.ErrBusy):
 		return outcome.Success{}, outcome.Wait(10*time.Second, ReasonProgressing, "Machine %s is busy with another operation; the rollback waits", m.Name)
-	case errors.Is(err, transport.ErrRollbackNeedsAgent):
+	case needsAgent:
 		handled()
 		return outcome.Success{}, outcome.Stalled(ReasonRollbackNeedsAgent, "Rollback of Machine %s not done: %v", m.Name, err)
-	case err != nil: // timed out
+	case ended:
 		res = transport.ApplyResult{Transport: nio.TransportAgent, Outcome: transport.OutcomeFailed, Message: err.Error()}
 	}
 	handled()
