@@ -12,6 +12,15 @@ const (
 	// ReinstallAnnotation on a NixosConfiguration with fullInstall allows one more
 	// nixos-anywhere run on a host that is already installed. It wipes the host's disks.
 	ReinstallAnnotation = "nio.homystack.com/reinstall"
+	// RollbackAnnotation on a NixosConfiguration asks the operator to activate an
+	// earlier generation of the Machine's system profile through nio-agent:
+	// `<generation>@<request>` or `previous@<request>` (the generation before the
+	// current one), where request is any token (`nio rollback` writes a timestamp),
+	// so the same rollback can be asked for again. It is acted on only while
+	// spec.suspend is true — otherwise the next pass would re-apply the commit at
+	// once — and once per value (status.lastHandledRollbackAt). `nio rollback` sets
+	// both.
+	RollbackAnnotation = "nio.homystack.com/rollback"
 	// SkipRemovalAnnotation on a NixosConfiguration being deleted lets it go without
 	// applying onRemoveFlake, e.g. when the host is gone for good.
 	SkipRemovalAnnotation = "nio.homystack.com/skip-removal"

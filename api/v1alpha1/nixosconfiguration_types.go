@@ -107,7 +107,8 @@ type ConfigurationTemplate struct {
 	Interval metav1.Duration `json:"interval,omitempty"`
 
 	// Suspend stops all reconciliation (no polling, no applies) until cleared.
-	// Deletion is still handled.
+	// Deletion is still handled, and so is a rollback request
+	// (nio.homystack.com/rollback), which is acted on only while suspended.
 	// +kubebuilder:default=false
 	// +optional
 	Suspend bool `json:"suspend,omitempty"`
@@ -317,6 +318,13 @@ type NixosConfigurationStatus struct {
 	// +optional
 	LastHandledRequestedAt string `json:"lastHandledRequestedAt,omitempty"`
 
+	// LastHandledRollbackAt is the value of the nio.homystack.com/rollback
+	// annotation last acted on (whatever the rollback's outcome; a new value is a
+	// new request).
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	LastHandledRollbackAt string `json:"lastHandledRollbackAt,omitempty"`
+
 	// History holds the last 10 operations, newest first.
 	// +kubebuilder:validation:MaxItems=10
 	// +optional
@@ -363,9 +371,12 @@ const (
 
 // HistoryEntry records one operation.
 type HistoryEntry struct {
-	// Commit the source was rendered from.
+	// Commit the source was rendered from ("" for a rollback to a generation no
+	// recorded operation built).
 	Commit string `json:"commit"`
-	// Action performed (switch, boot, test, install, remove).
+	// Action performed (switch, boot, test, install, remove, rollback: an earlier
+	// generation activated on request, with commit the one that built it when
+	// known).
 	Action string `json:"action"`
 	// Transport that ran it.
 	Transport Transport `json:"transport"`

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -60,10 +61,19 @@ type Executor interface {
 	WaitActivation(ctx context.Context, a Activation, log LineFunc) error
 	// Generation is the system profile's current generation, 0 when there is none.
 	Generation() (int64, error)
+	// Generations are the generations the system profile holds, oldest first.
+	Generations() ([]Generation, error)
 	// CurrentSystem is the store path of the running system, "" when unknown.
 	CurrentSystem() (string, error)
 	// BootedSystem is the store path of the booted system, "" when unknown.
 	BootedSystem() (string, error)
+}
+
+// Generation is one generation of the system profile.
+type Generation struct {
+	Number int64
+	// System is the store path the generation holds.
+	System string
 }
 
 // Config locates the host's Nix binaries and system links.
@@ -190,6 +200,38 @@ func (h *Host) Generation() (int64, error) {
 		return 0, fmt.Errorf("system profile points at %q, not a generation link", target)
 	}
 	return strconv.ParseInt(m[1], 10, 64)
+}
+
+// Generations implements Executor by listing the profile's <name>-<N>-link
+// siblings, as nix-env --list-generations does.
+func (h *Host) Generations() ([]Generation, error) {
+	dir, base := filepath.Split(h.cfg.Profile)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list system profile generations: %w", err)
+	}
+	var gens []Generation
+	for _, e := range entries {
+		num, ok := strings.CutPrefix(e.Name(), base+"-")
+		if !ok {
+			continue
+		}
+		num, ok = strings.CutSuffix(num, "-link")
+		n, err := strconv.ParseInt(num, 10, 64)
+		if !ok || err != nil || n <= 0 {
+			continue
+		}
+		sys, err := resolve(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		gens = append(gens, Generation{Number: n, System: sys})
+	}
+	sort.Slice(gens, func(i, j int) bool { return gens[i].Number < gens[j].Number })
+	return gens, nil
 }
 
 // CurrentSystem implements Executor by resolving the current-system link.

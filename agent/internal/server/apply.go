@@ -68,6 +68,12 @@ func (s *Server) Apply(stream agentv1.AgentService_ApplyServer) error {
 		return op.follow(ctx, 0, stream.Send)
 	}
 
+	if h.GetGeneration() != nil {
+		// Nothing to receive: the profile holds the system (generation.go).
+		s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "generation", h.GetGeneration().GetGeneration())
+		go s.executeGeneration(op)
+		return op.follow(ctx, 0, stream.Send)
+	}
 	s.log.Info("operation start", "operation", op.id, "action", h.GetAction().String(), "commit", h.GetCommit())
 	op.phase(agentv1.Phase_PHASE_RECEIVING_SOURCE, h.GetSourceDigest())
 	archivePath, known := s.cache.Path(h.GetSourceDigest())
@@ -180,6 +186,9 @@ func validateHeader(h *agentv1.ApplyHeader) error {
 	if h.GetOperationId() == "" {
 		return errors.New("operation_id is required")
 	}
+	if g := h.GetGeneration(); g != nil {
+		return validateGenerationHeader(h, g)
+	}
 	if err := archive.ParseDigest(h.GetSourceDigest()); err != nil {
 		return err
 	}
@@ -205,7 +214,7 @@ func validateHeader(h *agentv1.ApplyHeader) error {
 			return fmt.Errorf("module path: %w", err)
 		}
 	default:
-		return errors.New("a flake or module target is required")
+		return errors.New("a flake, module or generation target is required")
 	}
 	return nil
 }
@@ -392,6 +401,16 @@ func (s *Server) execute(op *operation, archivePath string) {
 		return
 	}
 
+	s.commit(ctx, bctx, op, out, func(ctx context.Context) error { return x.SetProfile(ctx, out, op.logLine) })
+}
+
+// commit changes the host to the system at store path out, once the operation has
+// it (built, or a generation the profile holds): setProfile makes it the profile's
+// generation (switch and boot), then it is activated, checked and confirmed, or
+// rolled back. ctx has no deadline; bctx is the operation's (see execute).
+func (s *Server) commit(ctx, bctx context.Context, op *operation, out string, setProfile func(context.Context) error) {
+	x := s.cfg.Executor
+	h := op.header
 	// The commit point: from here on the journal must be on disk before the host
 	// changes, or the step does not run.
 	action := h.GetAction()
@@ -405,7 +424,7 @@ func (s *Server) execute(op *operation, archivePath string) {
 			s.fail(op, err.Error())
 			return
 		}
-		if err := x.SetProfile(bctx, out, op.logLine); err != nil {
+		if err := setProfile(bctx); err != nil {
 			if bctx.Err() != nil {
 				s.timedOut(ctx, op, "while setting the system profile")
 				return

@@ -176,6 +176,18 @@ func (f *fakeExecutor) Generation() (int64, error) {
 	return f.gen, nil
 }
 
+func (f *fakeExecutor) Generations() ([]nixos.Generation, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var gens []nixos.Generation
+	for n := int64(1); n <= int64(len(f.profile)); n++ {
+		if p, ok := f.profile[n]; ok {
+			gens = append(gens, nixos.Generation{Number: n, System: p})
+		}
+	}
+	return gens, nil
+}
+
 func (f *fakeExecutor) CurrentSystem() (string, error) {
 	f.currentReads.Add(1)
 	f.mu.Lock()

@@ -162,7 +162,7 @@ func (s *Server) Status(ctx context.Context, _ *agentv1.StatusRequest) (*agentv1
 		AgentVersion:  s.cfg.Version,
 		Hostname:      hostname,
 		NeedsReboot:   nixos.NeedsReboot(current, booted, s.profileSystem()),
-		Features:      []string{featureHealthChecks},
+		Features:      []string{featureHealthChecks, featureActivateGeneration},
 	}
 	s.mu.Lock()
 	resp.LastOperation, resp.Busy = s.lastLocked()

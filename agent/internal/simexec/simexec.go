@@ -100,6 +100,17 @@ func (e *Executor) SwitchGeneration(_ context.Context, gen int64, log nixos.Line
 	return nil
 }
 
+// Generations lists the simulated profile's generations.
+func (e *Executor) Generations() ([]nixos.Generation, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	gens := make([]nixos.Generation, len(e.gens))
+	for i, p := range e.gens {
+		gens[i] = nixos.Generation{Number: int64(i + 1), System: p}
+	}
+	return gens, nil
+}
+
 // Activate waits ActivateTime and makes storePath the running system for switch and
 // test (boot and dry-activate leave it).
 func (e *Executor) Activate(ctx context.Context, storePath, action string, a nixos.Activation, log nixos.LineFunc) error {

@@ -122,7 +122,7 @@ until the rollout of its latest commit completed or stopped.`,
 			if !wait {
 				return nil
 			}
-			return g.waitFor(cmd.Context(), t, at, timeout)
+			return g.waitFor(cmd.Context(), t, at, timeout, waitState)
 		},
 	}
 	cmd.Flags().BoolVarP(&wait, "wait", "w", false, "Wait for the outcome (exit 5 when it failed).")
@@ -132,8 +132,9 @@ until the rollout of its latest commit completed or stopped.`,
 
 func requestValue(now time.Time) string { return now.UTC().Format(time.RFC3339Nano) }
 
-// waitFor polls the target until the request at was handled, printing progress.
-func (g *globals) waitFor(ctx context.Context, t target, at string, timeout time.Duration) error {
+// waitFor polls the target until the request at was handled (state says when, how
+// it went and what to show meanwhile), printing progress.
+func (g *globals) waitFor(ctx context.Context, t target, at string, timeout time.Duration, state func(target, string) (bool, string, string)) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p := &progress{g: g}
@@ -147,7 +148,7 @@ func (g *globals) waitFor(ctx context.Context, t target, at string, timeout time
 			return wrapGet(err, t.kind, key.Namespace, key.Name)
 		}
 		if err == nil {
-			done, line, failed := waitState(t, at)
+			done, line, failed := state(t, at)
 			p.show(line)
 			if done {
 				p.done()

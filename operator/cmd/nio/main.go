@@ -120,7 +120,8 @@ ended without success; 6 timed out; 7 cancelled.`,
 		Example: `  nio get                                  # this namespace's Machines, configurations, fleets
   nio logs -f worker-config                 # follow the running operation to its end
   nio reconcile worker-config --wait        # apply now, wait for the outcome
-  nio fleet promote web                     # past a manual gate`,
+  nio fleet promote web                     # past a manual gate
+  nio rollback worker-01 --wait             # back to the previous generation, suspended`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -130,6 +131,6 @@ ended without success; 6 timed out; 7 cancelled.`,
 	root.SetErr(s.err)
 	g.bind(root)
 	root.AddCommand(newGet(g), newLogs(g), newReconcile(g), newSuspend(g, true), newSuspend(g, false),
-		newReinstall(g), newFleet(g))
+		newReinstall(g), newRollback(g), newFleet(g))
 	return root
 }

@@ -119,6 +119,16 @@ func (r *NixosConfigurationReconciler) Reconcile(ctx context.Context, req reconc
 		sw.base.SetFinalizers(obj.Finalizers)
 		sw.base.SetResourceVersion(obj.ResourceVersion)
 	}
+	if rollbackPending(obj) {
+		// Before the suspend check: a rollback is only acted on while suspended
+		// (nixosconfiguration_rollback.go).
+		obj.Status.ObservedGeneration = obj.Generation
+		ok, err := r.reconcileRollback(ctx, sw, obj)
+		if apierrors.IsConflict(err) {
+			return reconcile.Result{}, err
+		}
+		return r.summary(obj).Summarize(ctx, ok, err)
+	}
 	if obj.Spec.Suspend {
 		log.FromContext(ctx).V(1).Info("suspended")
 		return reconcile.Result{}, nil

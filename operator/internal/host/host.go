@@ -24,6 +24,9 @@ import (
 // SSH- or agent-only duties of the Machine controller.
 type Host interface {
 	transport.Transport
+	// GenerationActivator activates an earlier generation (a rollback), through
+	// the agent only (transport.Fallback.ActivateGeneration).
+	transport.GenerationActivator
 	// AgentIdentityPresent tells, over SSH, whether the host holds an agent TLS
 	// identity issued for this Machine.
 	AgentIdentityPresent(ctx context.Context) (bool, error)

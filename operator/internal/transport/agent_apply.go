@@ -87,11 +87,17 @@ func (a *Agent) requireHealthChecks(ctx context.Context) error {
 }
 
 func (a *Agent) apply(ctx context.Context, req ApplyRequest) (ApplyResult, error) {
-	res := ApplyResult{Transport: nio.TransportAgent}
 	header, err := applyHeader(req)
 	if err != nil {
-		return res, err
+		return ApplyResult{Transport: nio.TransportAgent}, err
 	}
+	return a.applyWith(ctx, req, header)
+}
+
+// applyWith runs the operation header describes, with req's callbacks and
+// secrets, re-attaching after broken streams (see Apply).
+func (a *Agent) applyWith(ctx context.Context, req ApplyRequest, header *agentv1.ApplyHeader) (ApplyResult, error) {
+	res := ApplyResult{Transport: nio.TransportAgent}
 	st := &applyState{req: req, tail: newEmitter(req.OnEvent)}
 	// The confirmation callback finishes before Apply returns, whatever happens.
 	defer st.confirming.Wait()

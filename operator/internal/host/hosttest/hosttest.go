@@ -147,6 +147,9 @@ type Host struct {
 	// NoHealthFeature is an agent too old to run health checks: its Status lists no
 	// features, and an Apply with checks is refused before anything starts.
 	NoHealthFeature bool
+	// NoRollbackFeature is an agent too old to activate an earlier generation: its
+	// Status does not list it, and ActivateGeneration is refused.
+	NoRollbackFeature bool
 	// InvalidHealth, when set, is why the agent refuses every request's health
 	// checks before building (ErrInvalidHealthChecks), e.g. a URL off the host.
 	InvalidHealth string
@@ -182,6 +185,9 @@ type Host struct {
 	sshKey  func(context.Context) error
 	applies []AppliedOp
 	calls   int
+	// systems are the profile's generations (see generation.go).
+	systems     map[int64]string
+	activations []GenerationActivation
 }
 
 // Set changes the stand-in under its lock.
@@ -332,8 +338,9 @@ func (h *Host) Apply(ctx context.Context, req transport.ApplyRequest) (transport
 		}
 	}
 	h.mu.Lock()
-	h.Generation++
+	h.Generation = h.newestGeneration() + 1 // as nix-env --set numbers them
 	h.Current = storePath
+	h.profile()[h.Generation] = storePath
 	res.Generation = h.Generation
 	h.mu.Unlock()
 	res.Outcome, res.StorePath = transport.OutcomeSucceeded, storePath
@@ -391,6 +398,9 @@ func (h *Host) Status(ctx context.Context) (transport.SystemStatus, error) {
 		st.Transport, st.AgentVersion = nio.TransportAgent, h.AgentVersion
 		if !h.NoHealthFeature {
 			st.Features = []string{transport.FeatureHealthChecks}
+		}
+		if !h.NoRollbackFeature {
+			st.Features = append(st.Features, transport.FeatureActivateGeneration)
 		}
 	}
 	return st, nil

@@ -491,6 +491,57 @@ func (x *ModuleTarget) GetPath() string {
 	return ""
 }
 
+// GenerationTarget names a generation the host's system profile already holds. The
+// agent activates it instead of building: nix-env --switch-generation, then
+// switch-to-configuration switch (action switch only). Only an agent that lists
+// "activate-generation" in StatusResponse.features takes it.
+type GenerationTarget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The generation number; 0 means the newest generation below the current one
+	// ("previous"). A generation the profile does not hold fails the operation
+	// before anything changes.
+	Generation    int64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerationTarget) Reset() {
+	*x = GenerationTarget{}
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerationTarget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerationTarget) ProtoMessage() {}
+
+func (x *GenerationTarget) ProtoReflect() protoreflect.Message {
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerationTarget.ProtoReflect.Descriptor instead.
+func (*GenerationTarget) Descriptor() ([]byte, []int) {
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GenerationTarget) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 // ApplyHeader describes an operation.
 type ApplyHeader struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -503,6 +554,7 @@ type ApplyHeader struct {
 	//
 	//	*ApplyHeader_Flake
 	//	*ApplyHeader_Module
+	//	*ApplyHeader_Generation
 	Target isApplyHeader_Target `protobuf_oneof:"target"`
 	// What to do with it.
 	Action Action `protobuf:"varint,4,opt,name=action,proto3,enum=nio.agent.v1.Action" json:"action,omitempty"`
@@ -546,7 +598,7 @@ type ApplyHeader struct {
 
 func (x *ApplyHeader) Reset() {
 	*x = ApplyHeader{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +610,7 @@ func (x *ApplyHeader) String() string {
 func (*ApplyHeader) ProtoMessage() {}
 
 func (x *ApplyHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +623,7 @@ func (x *ApplyHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyHeader.ProtoReflect.Descriptor instead.
 func (*ApplyHeader) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyHeader) GetOperationId() string {
@@ -601,6 +653,15 @@ func (x *ApplyHeader) GetModule() *ModuleTarget {
 	if x != nil {
 		if x, ok := x.Target.(*ApplyHeader_Module); ok {
 			return x.Module
+		}
+	}
+	return nil
+}
+
+func (x *ApplyHeader) GetGeneration() *GenerationTarget {
+	if x != nil {
+		if x, ok := x.Target.(*ApplyHeader_Generation); ok {
+			return x.Generation
 		}
 	}
 	return nil
@@ -681,9 +742,17 @@ type ApplyHeader_Module struct {
 	Module *ModuleTarget `protobuf:"bytes,3,opt,name=module,proto3,oneof"`
 }
 
+type ApplyHeader_Generation struct {
+	// An existing generation of the system profile: nothing is built, and
+	// source_digest and source_size are not used (no NeedSource is sent).
+	Generation *GenerationTarget `protobuf:"bytes,13,opt,name=generation,proto3,oneof"`
+}
+
 func (*ApplyHeader_Flake) isApplyHeader_Target() {}
 
 func (*ApplyHeader_Module) isApplyHeader_Target() {}
+
+func (*ApplyHeader_Generation) isApplyHeader_Target() {}
 
 // HealthChecks are run after an activation; each is retried every interval until it
 // has passed once, all within timeout.
@@ -700,7 +769,7 @@ type HealthChecks struct {
 
 func (x *HealthChecks) Reset() {
 	*x = HealthChecks{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +781,7 @@ func (x *HealthChecks) String() string {
 func (*HealthChecks) ProtoMessage() {}
 
 func (x *HealthChecks) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +794,7 @@ func (x *HealthChecks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthChecks.ProtoReflect.Descriptor instead.
 func (*HealthChecks) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HealthChecks) GetChecks() []*HealthCheck {
@@ -766,7 +835,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +847,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +860,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -869,7 +938,7 @@ type UnitsCheck struct {
 
 func (x *UnitsCheck) Reset() {
 	*x = UnitsCheck{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -881,7 +950,7 @@ func (x *UnitsCheck) String() string {
 func (*UnitsCheck) ProtoMessage() {}
 
 func (x *UnitsCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -894,7 +963,7 @@ func (x *UnitsCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnitsCheck.ProtoReflect.Descriptor instead.
 func (*UnitsCheck) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UnitsCheck) GetUnits() []string {
@@ -924,7 +993,7 @@ type HttpCheck struct {
 
 func (x *HttpCheck) Reset() {
 	*x = HttpCheck{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1005,7 @@ func (x *HttpCheck) String() string {
 func (*HttpCheck) ProtoMessage() {}
 
 func (x *HttpCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1018,7 @@ func (x *HttpCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HttpCheck.ProtoReflect.Descriptor instead.
 func (*HttpCheck) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HttpCheck) GetUrl() string {
@@ -985,7 +1054,7 @@ type CommandCheck struct {
 
 func (x *CommandCheck) Reset() {
 	*x = CommandCheck{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1066,7 @@ func (x *CommandCheck) String() string {
 func (*CommandCheck) ProtoMessage() {}
 
 func (x *CommandCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1079,7 @@ func (x *CommandCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandCheck.ProtoReflect.Descriptor instead.
 func (*CommandCheck) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CommandCheck) GetArgv() []string {
@@ -1041,7 +1110,7 @@ type HealthReport struct {
 
 func (x *HealthReport) Reset() {
 	*x = HealthReport{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1053,7 +1122,7 @@ func (x *HealthReport) String() string {
 func (*HealthReport) ProtoMessage() {}
 
 func (x *HealthReport) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1066,7 +1135,7 @@ func (x *HealthReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthReport.ProtoReflect.Descriptor instead.
 func (*HealthReport) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HealthReport) GetPassed() bool {
@@ -1105,7 +1174,7 @@ type HealthCheckResult struct {
 
 func (x *HealthCheckResult) Reset() {
 	*x = HealthCheckResult{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1186,7 @@ func (x *HealthCheckResult) String() string {
 func (*HealthCheckResult) ProtoMessage() {}
 
 func (x *HealthCheckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1199,7 @@ func (x *HealthCheckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheckResult.ProtoReflect.Descriptor instead.
 func (*HealthCheckResult) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *HealthCheckResult) GetName() string {
@@ -1178,7 +1247,7 @@ type SecretsManifest struct {
 
 func (x *SecretsManifest) Reset() {
 	*x = SecretsManifest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1190,7 +1259,7 @@ func (x *SecretsManifest) String() string {
 func (*SecretsManifest) ProtoMessage() {}
 
 func (x *SecretsManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1203,7 +1272,7 @@ func (x *SecretsManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretsManifest.ProtoReflect.Descriptor instead.
 func (*SecretsManifest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SecretsManifest) GetCount() uint32 {
@@ -1240,7 +1309,7 @@ type SecretFile struct {
 
 func (x *SecretFile) Reset() {
 	*x = SecretFile{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1321,7 @@ func (x *SecretFile) String() string {
 func (*SecretFile) ProtoMessage() {}
 
 func (x *SecretFile) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1334,7 @@ func (x *SecretFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretFile.ProtoReflect.Descriptor instead.
 func (*SecretFile) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SecretFile) GetPath() string {
@@ -1313,7 +1382,7 @@ type SourceChunk struct {
 
 func (x *SourceChunk) Reset() {
 	*x = SourceChunk{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1394,7 @@ func (x *SourceChunk) String() string {
 func (*SourceChunk) ProtoMessage() {}
 
 func (x *SourceChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1407,7 @@ func (x *SourceChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SourceChunk.ProtoReflect.Descriptor instead.
 func (*SourceChunk) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SourceChunk) GetData() []byte {
@@ -1372,7 +1441,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1453,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1466,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ApplyResponse) GetSequence() uint64 {
@@ -1506,7 +1575,7 @@ type NeedSource struct {
 
 func (x *NeedSource) Reset() {
 	*x = NeedSource{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1587,7 @@ func (x *NeedSource) String() string {
 func (*NeedSource) ProtoMessage() {}
 
 func (x *NeedSource) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1600,7 @@ func (x *NeedSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NeedSource.ProtoReflect.Descriptor instead.
 func (*NeedSource) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NeedSource) GetSourceDigest() string {
@@ -1555,7 +1624,7 @@ type PhaseEvent struct {
 
 func (x *PhaseEvent) Reset() {
 	*x = PhaseEvent{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1636,7 @@ func (x *PhaseEvent) String() string {
 func (*PhaseEvent) ProtoMessage() {}
 
 func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1649,7 @@ func (x *PhaseEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PhaseEvent.ProtoReflect.Descriptor instead.
 func (*PhaseEvent) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PhaseEvent) GetPhase() Phase {
@@ -1615,7 +1684,7 @@ type LogLine struct {
 
 func (x *LogLine) Reset() {
 	*x = LogLine{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1696,7 @@ func (x *LogLine) String() string {
 func (*LogLine) ProtoMessage() {}
 
 func (x *LogLine) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1709,7 @@ func (x *LogLine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
 func (*LogLine) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LogLine) GetStream() LogStream {
@@ -1688,7 +1757,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1700,7 +1769,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1713,7 +1782,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ApplyResult) GetOutcome() Outcome {
@@ -1788,7 +1857,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1800,7 +1869,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1813,7 +1882,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 // OperationSummary describes an operation the agent ran or runs.
@@ -1837,7 +1906,7 @@ type OperationSummary struct {
 
 func (x *OperationSummary) Reset() {
 	*x = OperationSummary{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1918,7 @@ func (x *OperationSummary) String() string {
 func (*OperationSummary) ProtoMessage() {}
 
 func (x *OperationSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +1931,7 @@ func (x *OperationSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OperationSummary.ProtoReflect.Descriptor instead.
 func (*OperationSummary) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OperationSummary) GetOperationId() string {
@@ -1958,7 +2027,7 @@ type StatusResponse struct {
 	// booted system's, so a reboot is needed to run all of it.
 	NeedsReboot bool `protobuf:"varint,9,opt,name=needs_reboot,json=needsReboot,proto3" json:"needs_reboot,omitempty"`
 	// What this agent can do beyond the first protocol: "health-checks"
-	// (ApplyHeader.health_checks). The operator sends nothing a host would ignore.
+	// (ApplyHeader.health_checks), "activate-generation" (GenerationTarget). The operator sends nothing a host would ignore.
 	Features []string `protobuf:"bytes,10,rep,name=features,proto3" json:"features,omitempty"`
 	// TLS handshakes the agent refused since it started, by reason: no_certificate,
 	// unknown_ca (not the operator CA of the host's ca.crt), expired (or not yet
@@ -1972,7 +2041,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2053,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2066,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusResponse) GetCurrentSystem() string {
@@ -2086,7 +2155,7 @@ type FactsRequest struct {
 
 func (x *FactsRequest) Reset() {
 	*x = FactsRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2167,7 @@ func (x *FactsRequest) String() string {
 func (*FactsRequest) ProtoMessage() {}
 
 func (x *FactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2180,7 @@ func (x *FactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsRequest.ProtoReflect.Descriptor instead.
 func (*FactsRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 // FactsResponse carries a nixos-facter report.
@@ -2125,7 +2194,7 @@ type FactsResponse struct {
 
 func (x *FactsResponse) Reset() {
 	*x = FactsResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2206,7 @@ func (x *FactsResponse) String() string {
 func (*FactsResponse) ProtoMessage() {}
 
 func (x *FactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2219,7 @@ func (x *FactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FactsResponse.ProtoReflect.Descriptor instead.
 func (*FactsResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FactsResponse) GetReportJson() []byte {
@@ -2170,7 +2239,7 @@ type ConfirmRequest struct {
 
 func (x *ConfirmRequest) Reset() {
 	*x = ConfirmRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2251,7 @@ func (x *ConfirmRequest) String() string {
 func (*ConfirmRequest) ProtoMessage() {}
 
 func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2264,7 @@ func (x *ConfirmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ConfirmRequest) GetOperationId() string {
@@ -2216,7 +2285,7 @@ type ConfirmResponse struct {
 
 func (x *ConfirmResponse) Reset() {
 	*x = ConfirmResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2297,7 @@ func (x *ConfirmResponse) String() string {
 func (*ConfirmResponse) ProtoMessage() {}
 
 func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2310,7 @@ func (x *ConfirmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConfirmResponse) GetOutcome() Outcome {
@@ -2266,7 +2335,7 @@ type RenewCertificateRequest struct {
 
 func (x *RenewCertificateRequest) Reset() {
 	*x = RenewCertificateRequest{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2347,7 @@ func (x *RenewCertificateRequest) String() string {
 func (*RenewCertificateRequest) ProtoMessage() {}
 
 func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2360,7 @@ func (x *RenewCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateRequest.ProtoReflect.Descriptor instead.
 func (*RenewCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RenewCertificateRequest) GetMsg() isRenewCertificateRequest_Msg {
@@ -2346,7 +2415,7 @@ type RenewBegin struct {
 
 func (x *RenewBegin) Reset() {
 	*x = RenewBegin{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2427,7 @@ func (x *RenewBegin) String() string {
 func (*RenewBegin) ProtoMessage() {}
 
 func (x *RenewBegin) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2440,7 @@ func (x *RenewBegin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBegin.ProtoReflect.Descriptor instead.
 func (*RenewBegin) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RenewBegin) GetDnsName() string {
@@ -2392,7 +2461,7 @@ type SignedCertificate struct {
 
 func (x *SignedCertificate) Reset() {
 	*x = SignedCertificate{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2404,7 +2473,7 @@ func (x *SignedCertificate) String() string {
 func (*SignedCertificate) ProtoMessage() {}
 
 func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2417,7 +2486,7 @@ func (x *SignedCertificate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignedCertificate.ProtoReflect.Descriptor instead.
 func (*SignedCertificate) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SignedCertificate) GetCertificatePem() []byte {
@@ -2441,7 +2510,7 @@ type RenewCertificateResponse struct {
 
 func (x *RenewCertificateResponse) Reset() {
 	*x = RenewCertificateResponse{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2522,7 @@ func (x *RenewCertificateResponse) String() string {
 func (*RenewCertificateResponse) ProtoMessage() {}
 
 func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2535,7 @@ func (x *RenewCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewCertificateResponse.ProtoReflect.Descriptor instead.
 func (*RenewCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewCertificateResponse) GetMsg() isRenewCertificateResponse_Msg {
@@ -2522,7 +2591,7 @@ type CertificateInstalled struct {
 
 func (x *CertificateInstalled) Reset() {
 	*x = CertificateInstalled{}
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2534,7 +2603,7 @@ func (x *CertificateInstalled) String() string {
 func (*CertificateInstalled) ProtoMessage() {}
 
 func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
-	mi := &file_nio_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_nio_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2547,7 +2616,7 @@ func (x *CertificateInstalled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CertificateInstalled.ProtoReflect.Descriptor instead.
 func (*CertificateInstalled) Descriptor() ([]byte, []int) {
-	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_nio_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CertificateInstalled) GetNotAfter() *timestamppb.Timestamp {
@@ -2571,11 +2640,18 @@ const file_nio_agent_v1_agent_proto_rawDesc = "" +
 	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
 	"\x04attr\x18\x02 \x01(\tR\x04attr\"\"\n" +
 	"\fModuleTarget\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\xe9\x04\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"2\n" +
+	"\x10GenerationTarget\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x03R\n" +
+	"generation\"\xab\x05\n" +
 	"\vApplyHeader\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x121\n" +
 	"\x05flake\x18\x02 \x01(\v2\x19.nio.agent.v1.FlakeTargetH\x00R\x05flake\x124\n" +
-	"\x06module\x18\x03 \x01(\v2\x1a.nio.agent.v1.ModuleTargetH\x00R\x06module\x12,\n" +
+	"\x06module\x18\x03 \x01(\v2\x1a.nio.agent.v1.ModuleTargetH\x00R\x06module\x12@\n" +
+	"\n" +
+	"generation\x18\r \x01(\v2\x1e.nio.agent.v1.GenerationTargetH\x00R\n" +
+	"generation\x12,\n" +
 	"\x06action\x18\x04 \x01(\x0e2\x14.nio.agent.v1.ActionR\x06action\x12\x16\n" +
 	"\x06commit\x18\x05 \x01(\tR\x06commit\x12#\n" +
 	"\rsource_digest\x18\x06 \x01(\tR\fsourceDigest\x12\x1f\n" +
@@ -2771,7 +2847,7 @@ func file_nio_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_nio_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_nio_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(Action)(0),                      // 0: nio.agent.v1.Action
 	(Phase)(0),                       // 1: nio.agent.v1.Phase
@@ -2780,95 +2856,97 @@ var file_nio_agent_v1_agent_proto_goTypes = []any{
 	(*ApplyRequest)(nil),             // 4: nio.agent.v1.ApplyRequest
 	(*FlakeTarget)(nil),              // 5: nio.agent.v1.FlakeTarget
 	(*ModuleTarget)(nil),             // 6: nio.agent.v1.ModuleTarget
-	(*ApplyHeader)(nil),              // 7: nio.agent.v1.ApplyHeader
-	(*HealthChecks)(nil),             // 8: nio.agent.v1.HealthChecks
-	(*HealthCheck)(nil),              // 9: nio.agent.v1.HealthCheck
-	(*UnitsCheck)(nil),               // 10: nio.agent.v1.UnitsCheck
-	(*HttpCheck)(nil),                // 11: nio.agent.v1.HttpCheck
-	(*CommandCheck)(nil),             // 12: nio.agent.v1.CommandCheck
-	(*HealthReport)(nil),             // 13: nio.agent.v1.HealthReport
-	(*HealthCheckResult)(nil),        // 14: nio.agent.v1.HealthCheckResult
-	(*SecretsManifest)(nil),          // 15: nio.agent.v1.SecretsManifest
-	(*SecretFile)(nil),               // 16: nio.agent.v1.SecretFile
-	(*SourceChunk)(nil),              // 17: nio.agent.v1.SourceChunk
-	(*ApplyResponse)(nil),            // 18: nio.agent.v1.ApplyResponse
-	(*NeedSource)(nil),               // 19: nio.agent.v1.NeedSource
-	(*PhaseEvent)(nil),               // 20: nio.agent.v1.PhaseEvent
-	(*LogLine)(nil),                  // 21: nio.agent.v1.LogLine
-	(*ApplyResult)(nil),              // 22: nio.agent.v1.ApplyResult
-	(*StatusRequest)(nil),            // 23: nio.agent.v1.StatusRequest
-	(*OperationSummary)(nil),         // 24: nio.agent.v1.OperationSummary
-	(*StatusResponse)(nil),           // 25: nio.agent.v1.StatusResponse
-	(*FactsRequest)(nil),             // 26: nio.agent.v1.FactsRequest
-	(*FactsResponse)(nil),            // 27: nio.agent.v1.FactsResponse
-	(*ConfirmRequest)(nil),           // 28: nio.agent.v1.ConfirmRequest
-	(*ConfirmResponse)(nil),          // 29: nio.agent.v1.ConfirmResponse
-	(*RenewCertificateRequest)(nil),  // 30: nio.agent.v1.RenewCertificateRequest
-	(*RenewBegin)(nil),               // 31: nio.agent.v1.RenewBegin
-	(*SignedCertificate)(nil),        // 32: nio.agent.v1.SignedCertificate
-	(*RenewCertificateResponse)(nil), // 33: nio.agent.v1.RenewCertificateResponse
-	(*CertificateInstalled)(nil),     // 34: nio.agent.v1.CertificateInstalled
-	nil,                              // 35: nio.agent.v1.StatusResponse.RefusedHandshakesEntry
-	(*durationpb.Duration)(nil),      // 36: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
+	(*GenerationTarget)(nil),         // 7: nio.agent.v1.GenerationTarget
+	(*ApplyHeader)(nil),              // 8: nio.agent.v1.ApplyHeader
+	(*HealthChecks)(nil),             // 9: nio.agent.v1.HealthChecks
+	(*HealthCheck)(nil),              // 10: nio.agent.v1.HealthCheck
+	(*UnitsCheck)(nil),               // 11: nio.agent.v1.UnitsCheck
+	(*HttpCheck)(nil),                // 12: nio.agent.v1.HttpCheck
+	(*CommandCheck)(nil),             // 13: nio.agent.v1.CommandCheck
+	(*HealthReport)(nil),             // 14: nio.agent.v1.HealthReport
+	(*HealthCheckResult)(nil),        // 15: nio.agent.v1.HealthCheckResult
+	(*SecretsManifest)(nil),          // 16: nio.agent.v1.SecretsManifest
+	(*SecretFile)(nil),               // 17: nio.agent.v1.SecretFile
+	(*SourceChunk)(nil),              // 18: nio.agent.v1.SourceChunk
+	(*ApplyResponse)(nil),            // 19: nio.agent.v1.ApplyResponse
+	(*NeedSource)(nil),               // 20: nio.agent.v1.NeedSource
+	(*PhaseEvent)(nil),               // 21: nio.agent.v1.PhaseEvent
+	(*LogLine)(nil),                  // 22: nio.agent.v1.LogLine
+	(*ApplyResult)(nil),              // 23: nio.agent.v1.ApplyResult
+	(*StatusRequest)(nil),            // 24: nio.agent.v1.StatusRequest
+	(*OperationSummary)(nil),         // 25: nio.agent.v1.OperationSummary
+	(*StatusResponse)(nil),           // 26: nio.agent.v1.StatusResponse
+	(*FactsRequest)(nil),             // 27: nio.agent.v1.FactsRequest
+	(*FactsResponse)(nil),            // 28: nio.agent.v1.FactsResponse
+	(*ConfirmRequest)(nil),           // 29: nio.agent.v1.ConfirmRequest
+	(*ConfirmResponse)(nil),          // 30: nio.agent.v1.ConfirmResponse
+	(*RenewCertificateRequest)(nil),  // 31: nio.agent.v1.RenewCertificateRequest
+	(*RenewBegin)(nil),               // 32: nio.agent.v1.RenewBegin
+	(*SignedCertificate)(nil),        // 33: nio.agent.v1.SignedCertificate
+	(*RenewCertificateResponse)(nil), // 34: nio.agent.v1.RenewCertificateResponse
+	(*CertificateInstalled)(nil),     // 35: nio.agent.v1.CertificateInstalled
+	nil,                              // 36: nio.agent.v1.StatusResponse.RefusedHandshakesEntry
+	(*durationpb.Duration)(nil),      // 37: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),    // 38: google.protobuf.Timestamp
 }
 var file_nio_agent_v1_agent_proto_depIdxs = []int32{
-	7,  // 0: nio.agent.v1.ApplyRequest.header:type_name -> nio.agent.v1.ApplyHeader
-	17, // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
-	16, // 2: nio.agent.v1.ApplyRequest.secret:type_name -> nio.agent.v1.SecretFile
+	8,  // 0: nio.agent.v1.ApplyRequest.header:type_name -> nio.agent.v1.ApplyHeader
+	18, // 1: nio.agent.v1.ApplyRequest.chunk:type_name -> nio.agent.v1.SourceChunk
+	17, // 2: nio.agent.v1.ApplyRequest.secret:type_name -> nio.agent.v1.SecretFile
 	5,  // 3: nio.agent.v1.ApplyHeader.flake:type_name -> nio.agent.v1.FlakeTarget
 	6,  // 4: nio.agent.v1.ApplyHeader.module:type_name -> nio.agent.v1.ModuleTarget
-	0,  // 5: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
-	36, // 6: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
-	15, // 7: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
-	36, // 8: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
-	8,  // 9: nio.agent.v1.ApplyHeader.health_checks:type_name -> nio.agent.v1.HealthChecks
-	9,  // 10: nio.agent.v1.HealthChecks.checks:type_name -> nio.agent.v1.HealthCheck
-	36, // 11: nio.agent.v1.HealthChecks.timeout:type_name -> google.protobuf.Duration
-	36, // 12: nio.agent.v1.HealthChecks.interval:type_name -> google.protobuf.Duration
-	10, // 13: nio.agent.v1.HealthCheck.units:type_name -> nio.agent.v1.UnitsCheck
-	11, // 14: nio.agent.v1.HealthCheck.http:type_name -> nio.agent.v1.HttpCheck
-	12, // 15: nio.agent.v1.HealthCheck.command:type_name -> nio.agent.v1.CommandCheck
-	36, // 16: nio.agent.v1.CommandCheck.timeout:type_name -> google.protobuf.Duration
-	14, // 17: nio.agent.v1.HealthReport.results:type_name -> nio.agent.v1.HealthCheckResult
-	37, // 18: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
-	19, // 19: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
-	20, // 20: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
-	21, // 21: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
-	22, // 22: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
-	1,  // 23: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
-	37, // 24: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
-	3,  // 25: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
-	2,  // 26: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
-	13, // 27: nio.agent.v1.ApplyResult.health:type_name -> nio.agent.v1.HealthReport
-	0,  // 28: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
-	2,  // 29: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
-	37, // 30: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
-	37, // 31: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
-	1,  // 32: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
-	24, // 33: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
-	37, // 34: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
-	35, // 35: nio.agent.v1.StatusResponse.refused_handshakes:type_name -> nio.agent.v1.StatusResponse.RefusedHandshakesEntry
-	2,  // 36: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
-	31, // 37: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
-	32, // 38: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
-	34, // 39: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
-	37, // 40: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
-	4,  // 41: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
-	23, // 42: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
-	26, // 43: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
-	28, // 44: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
-	30, // 45: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
-	18, // 46: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
-	25, // 47: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
-	27, // 48: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
-	29, // 49: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
-	33, // 50: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
-	46, // [46:51] is the sub-list for method output_type
-	41, // [41:46] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	7,  // 5: nio.agent.v1.ApplyHeader.generation:type_name -> nio.agent.v1.GenerationTarget
+	0,  // 6: nio.agent.v1.ApplyHeader.action:type_name -> nio.agent.v1.Action
+	37, // 7: nio.agent.v1.ApplyHeader.confirm_timeout:type_name -> google.protobuf.Duration
+	16, // 8: nio.agent.v1.ApplyHeader.secrets:type_name -> nio.agent.v1.SecretsManifest
+	37, // 9: nio.agent.v1.ApplyHeader.operation_timeout:type_name -> google.protobuf.Duration
+	9,  // 10: nio.agent.v1.ApplyHeader.health_checks:type_name -> nio.agent.v1.HealthChecks
+	10, // 11: nio.agent.v1.HealthChecks.checks:type_name -> nio.agent.v1.HealthCheck
+	37, // 12: nio.agent.v1.HealthChecks.timeout:type_name -> google.protobuf.Duration
+	37, // 13: nio.agent.v1.HealthChecks.interval:type_name -> google.protobuf.Duration
+	11, // 14: nio.agent.v1.HealthCheck.units:type_name -> nio.agent.v1.UnitsCheck
+	12, // 15: nio.agent.v1.HealthCheck.http:type_name -> nio.agent.v1.HttpCheck
+	13, // 16: nio.agent.v1.HealthCheck.command:type_name -> nio.agent.v1.CommandCheck
+	37, // 17: nio.agent.v1.CommandCheck.timeout:type_name -> google.protobuf.Duration
+	15, // 18: nio.agent.v1.HealthReport.results:type_name -> nio.agent.v1.HealthCheckResult
+	38, // 19: nio.agent.v1.ApplyResponse.time:type_name -> google.protobuf.Timestamp
+	20, // 20: nio.agent.v1.ApplyResponse.need_source:type_name -> nio.agent.v1.NeedSource
+	21, // 21: nio.agent.v1.ApplyResponse.phase:type_name -> nio.agent.v1.PhaseEvent
+	22, // 22: nio.agent.v1.ApplyResponse.log:type_name -> nio.agent.v1.LogLine
+	23, // 23: nio.agent.v1.ApplyResponse.result:type_name -> nio.agent.v1.ApplyResult
+	1,  // 24: nio.agent.v1.PhaseEvent.phase:type_name -> nio.agent.v1.Phase
+	38, // 25: nio.agent.v1.PhaseEvent.deadline:type_name -> google.protobuf.Timestamp
+	3,  // 26: nio.agent.v1.LogLine.stream:type_name -> nio.agent.v1.LogStream
+	2,  // 27: nio.agent.v1.ApplyResult.outcome:type_name -> nio.agent.v1.Outcome
+	14, // 28: nio.agent.v1.ApplyResult.health:type_name -> nio.agent.v1.HealthReport
+	0,  // 29: nio.agent.v1.OperationSummary.action:type_name -> nio.agent.v1.Action
+	2,  // 30: nio.agent.v1.OperationSummary.outcome:type_name -> nio.agent.v1.Outcome
+	38, // 31: nio.agent.v1.OperationSummary.started_time:type_name -> google.protobuf.Timestamp
+	38, // 32: nio.agent.v1.OperationSummary.finished_time:type_name -> google.protobuf.Timestamp
+	1,  // 33: nio.agent.v1.OperationSummary.phase:type_name -> nio.agent.v1.Phase
+	25, // 34: nio.agent.v1.StatusResponse.last_operation:type_name -> nio.agent.v1.OperationSummary
+	38, // 35: nio.agent.v1.StatusResponse.certificate_not_after:type_name -> google.protobuf.Timestamp
+	36, // 36: nio.agent.v1.StatusResponse.refused_handshakes:type_name -> nio.agent.v1.StatusResponse.RefusedHandshakesEntry
+	2,  // 37: nio.agent.v1.ConfirmResponse.outcome:type_name -> nio.agent.v1.Outcome
+	32, // 38: nio.agent.v1.RenewCertificateRequest.begin:type_name -> nio.agent.v1.RenewBegin
+	33, // 39: nio.agent.v1.RenewCertificateRequest.signed:type_name -> nio.agent.v1.SignedCertificate
+	35, // 40: nio.agent.v1.RenewCertificateResponse.installed:type_name -> nio.agent.v1.CertificateInstalled
+	38, // 41: nio.agent.v1.CertificateInstalled.not_after:type_name -> google.protobuf.Timestamp
+	4,  // 42: nio.agent.v1.AgentService.Apply:input_type -> nio.agent.v1.ApplyRequest
+	24, // 43: nio.agent.v1.AgentService.Status:input_type -> nio.agent.v1.StatusRequest
+	27, // 44: nio.agent.v1.AgentService.Facts:input_type -> nio.agent.v1.FactsRequest
+	29, // 45: nio.agent.v1.AgentService.Confirm:input_type -> nio.agent.v1.ConfirmRequest
+	31, // 46: nio.agent.v1.AgentService.RenewCertificate:input_type -> nio.agent.v1.RenewCertificateRequest
+	19, // 47: nio.agent.v1.AgentService.Apply:output_type -> nio.agent.v1.ApplyResponse
+	26, // 48: nio.agent.v1.AgentService.Status:output_type -> nio.agent.v1.StatusResponse
+	28, // 49: nio.agent.v1.AgentService.Facts:output_type -> nio.agent.v1.FactsResponse
+	30, // 50: nio.agent.v1.AgentService.Confirm:output_type -> nio.agent.v1.ConfirmResponse
+	34, // 51: nio.agent.v1.AgentService.RenewCertificate:output_type -> nio.agent.v1.RenewCertificateResponse
+	47, // [47:52] is the sub-list for method output_type
+	42, // [42:47] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_nio_agent_v1_agent_proto_init() }
@@ -2881,26 +2959,27 @@ func file_nio_agent_v1_agent_proto_init() {
 		(*ApplyRequest_Chunk)(nil),
 		(*ApplyRequest_Secret)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[3].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[4].OneofWrappers = []any{
 		(*ApplyHeader_Flake)(nil),
 		(*ApplyHeader_Module)(nil),
+		(*ApplyHeader_Generation)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[6].OneofWrappers = []any{
 		(*HealthCheck_Units)(nil),
 		(*HealthCheck_Http)(nil),
 		(*HealthCheck_Command)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[14].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[15].OneofWrappers = []any{
 		(*ApplyResponse_NeedSource)(nil),
 		(*ApplyResponse_Phase)(nil),
 		(*ApplyResponse_Log)(nil),
 		(*ApplyResponse_Result)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[26].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[27].OneofWrappers = []any{
 		(*RenewCertificateRequest_Begin)(nil),
 		(*RenewCertificateRequest_Signed)(nil),
 	}
-	file_nio_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
+	file_nio_agent_v1_agent_proto_msgTypes[30].OneofWrappers = []any{
 		(*RenewCertificateResponse_CsrPem)(nil),
 		(*RenewCertificateResponse_Installed)(nil),
 	}
@@ -2910,7 +2989,7 @@ func file_nio_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nio_agent_v1_agent_proto_rawDesc), len(file_nio_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

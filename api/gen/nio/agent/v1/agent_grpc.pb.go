@@ -51,6 +51,11 @@ type AgentServiceClient interface {
 	// finished operation attaches to it and replays its events from
 	// ApplyHeader.resume_after_sequence. A header with a different id while an operation
 	// runs is refused with ABORTED: two activations never run at once.
+	//
+	// With a GenerationTarget, the operation builds nothing and takes no source: it
+	// switches the system profile to a generation it already holds and activates
+	// that (a rollback the operator asked for), with the same journal, health checks,
+	// confirm window and rollback as any switch.
 	Apply(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ApplyRequest, ApplyResponse], error)
 	// Status reports the running and booted system and the last operation.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
@@ -149,6 +154,11 @@ type AgentServiceServer interface {
 	// finished operation attaches to it and replays its events from
 	// ApplyHeader.resume_after_sequence. A header with a different id while an operation
 	// runs is refused with ABORTED: two activations never run at once.
+	//
+	// With a GenerationTarget, the operation builds nothing and takes no source: it
+	// switches the system profile to a generation it already holds and activates
+	// that (a rollback the operator asked for), with the same journal, health checks,
+	// confirm window and rollback as any switch.
 	Apply(grpc.BidiStreamingServer[ApplyRequest, ApplyResponse]) error
 	// Status reports the running and booted system and the last operation.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
