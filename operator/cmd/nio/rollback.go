@@ -58,6 +58,9 @@ the operator's verdict (exit 5 when the rollback was refused or failed).`,
 			}
 			ctx, cancel := g.ctx(cmd.Context())
 			c, machine, err := g.configurationOfMachine(ctx, args[0])
+			if err == nil {
+				err = g.fleetAllowsRollback(ctx, c)
+			}
 			cancel()
 			if err != nil {
 				return err
@@ -91,6 +94,28 @@ the operator's verdict (exit 5 when the rollback was refused or failed).`,
 	cmd.Flags().BoolVarP(&wait, "wait", "w", false, "Wait for the outcome (exit 5 when it was refused or failed).")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "Longest wait with --wait (exit 6 past it).")
 	return cmd
+}
+
+// fleetAllowsRollback refuses to roll back a fleet's Machine while the fleet may
+// move it: its next rollout rewrites the configuration's spec (suspend included) and
+// would re-apply what was rolled back. A paused fleet moves nothing.
+func (g *globals) fleetAllowsRollback(ctx context.Context, conf *nio.NixosConfiguration) error {
+	name := conf.Labels[nio.FleetLabel]
+	if name == "" {
+		return nil
+	}
+	c, _, err := g.client()
+	if err != nil {
+		return err
+	}
+	var fleet nio.NixosFleet
+	if err := c.Get(ctx, client.ObjectKey{Namespace: conf.Namespace, Name: name}, &fleet); err != nil {
+		return wrapGet(err, "NixosFleet", conf.Namespace, name)
+	}
+	if !fleet.Spec.Paused {
+		return withCode(exitError, "NixosConfiguration %s belongs to NixosFleet %s, whose next rollout would re-apply it: pause the fleet first (nio suspend fleet/%s), then roll back", conf.Name, name, name)
+	}
+	return nil
 }
 
 // configurationOfMachine finds the NixosConfiguration a Machine runs: the one its

@@ -102,3 +102,43 @@ func TestRollbackAsksThenSuspendsAnnotatesAndWaitsForTheVerdict(t *testing.T) {
 		t.Errorf("a missing Machine: exit %d, want %d (%s)", r.code, exitNotFound, r.err)
 	}
 }
+
+// TestRollbackOfAFleetMachineWantsTheFleetPaused: a fleet's next rollout rewrites its
+// configurations' spec (suspend too) and would re-apply what was rolled back, so the
+// rollback is refused, nothing changed, until the fleet is paused.
+func TestRollbackOfAFleetMachineWantsTheFleetPaused(t *testing.T) {
+	ctx := context.Background()
+	ns := env.Namespace(t, "rollback-fleet")
+	f := &nio.NixosFleet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web"}, Spec: nio.NixosFleetSpec{
+		MachineSelector: metav1.LabelSelector{MatchLabels: map[string]string{"role": "web"}},
+		Template:        nio.FleetTemplate{Flake: ".#{hostname}", ConfigurationTemplate: nio.ConfigurationTemplate{GitRepo: "https://git.example.org/configs.git"}}}}
+	c := configuration(ns, "web-web-01", "web-01")
+	c.Labels = map[string]string{nio.FleetLabel: "web"}
+	create(t, f, c)
+	machineRunning(t, ns, "web-01", "web-web-01")
+	kc := []string{"--kubeconfig", env.Kubeconfig, "-n", ns}
+
+	r := runNio(t, nil, append(kc, "rollback", "web-01", "--yes")...)
+	if r.code != exitError || !strings.Contains(r.err, "nio suspend fleet/web") {
+		t.Fatalf("rollback of a running fleet's Machine: exit %d, want %d naming the way out\n%s%s", r.code, exitError, r.stdout, r.err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Annotations[nio.RollbackAnnotation]; ok || c.Spec.Suspend {
+		t.Fatal("a refused rollback changed the configuration")
+	}
+
+	if r := runNio(t, nil, append(kc, "suspend", "fleet/web")...); r.code != 0 {
+		t.Fatalf("suspend fleet/web: exit %d %s", r.code, r.err)
+	}
+	if r := runNio(t, nil, append(kc, "rollback", "web-01", "--yes")...); r.code != 0 {
+		t.Fatalf("rollback with the fleet paused: exit %d\n%s%s", r.code, r.stdout, r.err)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(c), c); err != nil {
+		t.Fatal(err)
+	}
+	if v := c.Annotations[nio.RollbackAnnotation]; !strings.HasPrefix(v, "previous@") || !c.Spec.Suspend {
+		t.Fatalf("annotation %q, suspend %t", v, c.Spec.Suspend)
+	}
+}
