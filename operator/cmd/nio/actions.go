@@ -101,12 +101,7 @@ until the rollout of its latest commit completed or stopped.`,
 		Example: `  nio reconcile worker-config --wait
   nio reconcile fleet/web --wait --timeout 30m`,
 		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return g.completeNames(cmd, kindConfiguration, kindFleet), cobra.ShellCompDirectiveNoFileComp
-		},
+		ValidArgsFunction: g.completeFirst(kindConfiguration, kindFleet),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
 			t, err := g.resolveTarget(ctx, args[0], kindConfiguration, kindFleet)
@@ -252,12 +247,7 @@ func newSuspend(g *globals, suspend bool) *cobra.Command {
 		Short:   short,
 		Example: fmt.Sprintf("  nio %s worker-config\n  nio %s fleet/web", verb, verb),
 		Args:    cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return g.completeNames(cmd, kindConfiguration, kindFleet), cobra.ShellCompDirectiveNoFileComp
-		},
+		ValidArgsFunction: g.completeFirst(kindConfiguration, kindFleet),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
 			defer cancel()
@@ -288,12 +278,7 @@ re-partitions and re-installs the Machine, wiping its disks. It asks for
 confirmation (type the configuration's name) unless --yes.`,
 		Example: "  nio reinstall worker-config\n  nio reinstall worker-config --yes",
 		Args:    cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return g.completeNames(cmd, kindConfiguration), cobra.ShellCompDirectiveNoFileComp
-		},
+		ValidArgsFunction: g.completeFirst(kindConfiguration),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
 			t, err := g.resolveTarget(ctx, args[0], kindConfiguration)

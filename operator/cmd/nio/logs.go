@@ -43,12 +43,7 @@ With -f, the exit code says how the operation ended: 0 succeeded, 5 it did not.`
   nio logs machine/worker-01 --previous
   NIO_OPERATOR_URL=https://127.0.0.1:9444 NIO_OPERATOR_CA=ca.crt nio logs -f worker-config`,
 		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return g.completeNames(cmd, kindConfiguration, kindMachine), cobra.ShellCompDirectiveNoFileComp
-		},
+		ValidArgsFunction: g.completeFirst(kindConfiguration, kindMachine),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ns, err := g.client()
 			if err != nil {

@@ -90,6 +90,16 @@ func wrapGet(err error, kind, ns, name string) error {
 	return fmt.Errorf("get %s %s/%s: %w", kind, ns, name, err)
 }
 
+// completeFirst completes a command's one argument with the names of kinds.
+func (g *globals) completeFirst(kinds ...string) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return g.completeNames(cmd, kinds...), cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
 // completeNames lists names of the kinds for shell completion (errors complete
 // nothing).
 func (g *globals) completeNames(cmd *cobra.Command, kinds ...string) []string {

@@ -42,12 +42,7 @@ the operator's verdict (exit 5 when the rollback was refused or failed).`,
 		Example: `  nio rollback worker-01 --wait
   nio rollback worker-01 --to-generation 41 --yes`,
 		Args: cobra.ExactArgs(1),
-		ValidArgsFunction: func(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
-			if len(args) > 0 {
-				return nil, cobra.ShellCompDirectiveNoFileComp
-			}
-			return g.completeNames(cmd, kindMachine), cobra.ShellCompDirectiveNoFileComp
-		},
+		ValidArgsFunction: g.completeFirst(kindMachine),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			what, gen := "previous", "the previous generation"
 			if cmd.Flags().Changed("to-generation") {
