@@ -167,10 +167,10 @@ type AgentStatus struct {
 	// +optional
 	Version string `json:"version,omitempty"`
 	// LastSeenTime is when the agent was last seen answering: set by the first answer,
-	// one after an outage, one with a new version or system and the first one after
-	// an apply; otherwise refreshed every 30 minutes while the agent keeps answering
-	// (probes that see nothing new write nothing). Connected says whether the last
-	// probe got an answer.
+	// one after an outage, one with a new version or another running system;
+	// otherwise refreshed every 30 minutes while the agent keeps answering (probes
+	// that see nothing new write nothing). Connected says whether the last probe got
+	// an answer.
 	// +optional
 	LastSeenTime *metav1.Time `json:"lastSeenTime,omitempty"`
 	// CertificateNotAfter is when the agent's serving certificate expires. The operator

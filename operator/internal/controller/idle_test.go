@@ -70,11 +70,10 @@ func TestIdleFleetCostsNoAPIRequests(t *testing.T) {
 		}
 	}))
 	f.waitApplied("worker-config", "worker-01", first)
-	eventually(t, 30*time.Second, "the Machine seen after the apply, with facts", func() error {
-		m := getMachine(t, f.ns, "worker-01")
-		a := m.Status.Agent
-		if m.Status.Facts == nil || a == nil || a.LastSeenTime == nil || m.Status.LastAppliedTime == nil || !a.LastSeenTime.After(m.Status.LastAppliedTime.Time) {
-			return errorf("facts %v, agent %+v, lastApplied %v", m.Status.Facts, a, m.Status.LastAppliedTime)
+	eventually(t, 30*time.Second, "the Machine running the applied system, with facts", func() error {
+		m, c := getMachine(t, f.ns, "worker-01"), getConfig(t, f.ns, "worker-config")
+		if m.Status.Facts == nil || m.Status.System == nil || m.Status.System.CurrentSystem != c.Status.AppliedSystem {
+			return errorf("facts %v, system %+v, applied %q", m.Status.Facts, m.Status.System, c.Status.AppliedSystem)
 		}
 		return nil
 	})

@@ -123,10 +123,14 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 	m.Status.ObservedGeneration = m.Generation
 
 	summary := outcome.Summary{Object: m, Conditions: &m.Status.Conditions, Recorder: r.Recorder}
+	appliedBefore := m.Status.LastAppliedTime.DeepCopy()
 	if err := r.observeConfiguration(ctx, m); err != nil {
 		return summary.Summarize(ctx, outcome.Success{}, err)
 	}
-	if wait, due := r.probeDue(m); !due {
+	// A new apply is probed at once: the host runs another system (and generation),
+	// written with the applied commit in one status write instead of two.
+	newApply := m.Status.LastAppliedTime != nil && (appliedBefore == nil || !appliedBefore.Equal(m.Status.LastAppliedTime))
+	if wait, due := r.probeDue(m); !due && !newApply {
 		// Nothing new was observed of the host: its conditions stand.
 		return reconcile.Result{RequeueAfter: wait}, nil
 	}
@@ -153,7 +157,7 @@ func (r *MachineReconciler) Reconcile(ctx context.Context, req reconcile.Request
 		return summary.Summarize(ctx, outcome.Success{}, err)
 	}
 	if err == nil {
-		r.observeSystem(ctx, m, host)
+		r.observeSystem(ctx, m, host, probe)
 		r.collectFacts(ctx, m, host)
 		r.maintainAgentIdentity(ctx, m, host, probe)
 	}
@@ -304,17 +308,14 @@ func (r *MachineReconciler) observeProbe(m *nio.Machine, p transport.ProbeResult
 
 // refreshLastSeen tells whether a probe the agent answered moves
 // status.agent.lastSeenTime. It does when the answer says something the status did
-// not (first answer, back after an outage, another version), when it is the first
-// answer since the last apply (drift is judged only on one), and otherwise once per
-// LastSeenRefresh: a status write per Machine per probe would cost a fleet of 1000 a
-// thousand API writes a minute to say nothing new. Connected and the AgentConnected
-// condition change at the first failed probe.
+// not (first answer, back after an outage, another version; another system moves it
+// too, in observeSystem: drift is judged on an answer later than the apply), and
+// otherwise once per LastSeenRefresh: a status write per Machine per probe would cost
+// a fleet of 1000 a thousand API writes a minute to say nothing new. Connected and
+// the AgentConnected condition change at the first failed probe.
 func (r *MachineReconciler) refreshLastSeen(st *nio.MachineStatus, wasConnected bool, oldVersion string) bool {
 	seen := st.Agent.LastSeenTime
-	switch {
-	case seen == nil, !wasConnected, oldVersion != st.Agent.Version:
-		return true
-	case st.LastAppliedTime != nil && !seen.After(st.LastAppliedTime.Time):
+	if seen == nil || !wasConnected || oldVersion != st.Agent.Version {
 		return true
 	}
 	refresh := r.LastSeenRefresh
@@ -344,12 +345,18 @@ func errText(err error, otherwise string) string {
 	return err.Error()
 }
 
-// observeSystem records the running system.
-func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host host.Host) {
-	s, err := host.Status(ctx)
-	if err != nil {
-		log.FromContext(ctx).Info("host status", "error", err.Error())
-		return
+// observeSystem records the running system: as the probe's agent answer said, or
+// asked of the host (over SSH when the agent did not answer).
+func (r *MachineReconciler) observeSystem(ctx context.Context, m *nio.Machine, host host.Host, probe transport.ProbeResult) {
+	var s transport.SystemStatus
+	if probe.System != nil {
+		s = *probe.System
+	} else {
+		var err error
+		if s, err = host.Status(ctx); err != nil {
+			log.FromContext(ctx).Info("host status", "error", err.Error())
+			return
+		}
 	}
 	sys := &nio.SystemStatus{
 		CurrentSystem: s.CurrentSystem, BootedSystem: s.BootedSystem, Generation: s.Generation, NeedsReboot: s.NeedsReboot,

@@ -53,12 +53,12 @@ func TestProbeHeartbeatRunsNoPassButDriftReapplies(t *testing.T) {
 	f.waitApplied("worker-config", "worker-01", first)
 	host := fleet.Host("worker-01")
 
-	// The Machine's first probes after the apply still matter (the agent's first
-	// answer after it); let them land.
-	time.Sleep(5 * time.Second)
-	before := f.op.passes(t)
+	// The Machine's probe right after the apply records the new system, and the
+	// first answer seen after the apply matters (drift is judged on it only): let it
+	// land, then count.
+	time.Sleep(3 * time.Second)
 	ctx := context.Background()
-	for i := range 5 {
+	heartbeat := func(i int) {
 		m := getMachine(t, f.ns, "worker-01")
 		patch := client.MergeFrom(m.DeepCopy())
 		m.Status.Agent.LastSeenTime = &metav1.Time{Time: time.Now().Add(time.Duration(i+1) * time.Minute)}
@@ -66,6 +66,12 @@ func TestProbeHeartbeatRunsNoPassButDriftReapplies(t *testing.T) {
 			t.Fatal(err)
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+	heartbeat(0)
+	time.Sleep(2 * time.Second)
+	before := f.op.passes(t)
+	for i := range 5 {
+		heartbeat(i + 1)
 	}
 	// The operator's own probes (every 2s here) go on meanwhile.
 	time.Sleep(4 * time.Second)

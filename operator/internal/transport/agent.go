@@ -207,9 +207,11 @@ func (a *Agent) dial() (*agentConn, error) {
 		// connection to a host that is gone.
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: a.cfg.Pool != nil}),
 		grpc.WithConnectParams(grpcConnectParams(a.cfg.DialTimeout)),
-		// The framer reads from the TLS connection, which buffers a record anyway:
-		// an idle pooled connection weighs about 70 KB instead of 105 KB.
+		// The framer reads from and writes to the TLS connection, which buffers a
+		// record anyway: without gRPC's own 32 KB buffers each way an idle pooled
+		// connection weighs about 40 KB instead of 105 KB (thousands are held).
 		grpc.WithReadBufferSize(0),
+		grpc.WithWriteBufferSize(0),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("agent %s: %w: %w", a.cfg.Address, ErrUnreachable, err)
@@ -447,7 +449,7 @@ func (a *Agent) Probe(ctx context.Context) ProbeResult {
 	if err != nil {
 		return ProbeResult{AgentError: err}
 	}
-	return ProbeResult{AgentReachable: true, AgentVersion: st.AgentVersion}
+	return ProbeResult{AgentReachable: true, AgentVersion: st.AgentVersion, System: &st}
 }
 
 // RenewCertificate has the agent generate a new key and CSR, signs the CSR with sign

@@ -111,7 +111,7 @@ func (f *Fallback) Probe(ctx context.Context) ProbeResult {
 	var p ProbeResult
 	if f.Agent != nil {
 		a := f.Agent.Probe(ctx)
-		p.AgentReachable, p.AgentError, p.AgentVersion = a.AgentReachable, a.AgentError, a.AgentVersion
+		p.AgentReachable, p.AgentError, p.AgentVersion, p.System = a.AgentReachable, a.AgentError, a.AgentVersion, a.System
 	} else {
 		p.AgentError = errors.New("the agent is disabled")
 	}

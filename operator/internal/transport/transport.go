@@ -228,6 +228,9 @@ type ProbeResult struct {
 	SSHSkipped bool
 	// AgentVersion when the agent answered.
 	AgentVersion string
+	// System is what the agent's answer said the host runs (nil when it did not
+	// answer): a probe's caller needs no second Status call.
+	System *SystemStatus
 }
 
 // Transport reaches one host.

@@ -93,8 +93,8 @@ type IdleRound struct {
 
 // measureIdle waits o.idle with nothing to do and reports what the operator spent.
 // It starts a probe interval (and a margin) after the last round: the first probe
-// after an apply records the agent's answer once (status.agent.lastSeenTime, which
-// drift detection needs), a cost of the apply, not of being idle.
+// after an apply sees the new system running and records it once, a cost of the
+// apply, not of being idle.
 func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, ssh *sshEndpoint, o fleetOptions) (*IdleRound, error) {
 	settle := o.probeInterval
 	if settle == 0 {
