@@ -100,7 +100,7 @@ operator recorded the request handled (status.lastHandledRequestedAt), for a fle
 until the rollout of its latest commit completed or stopped.`,
 		Example: `  nio reconcile worker-config --wait
   nio reconcile fleet/web --wait --timeout 30m`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeFirst(kindConfiguration, kindFleet),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
@@ -243,10 +243,10 @@ func newSuspend(g *globals, suspend bool) *cobra.Command {
 		verb, short = "suspend", "Suspend a configuration (spec.suspend) or pause a fleet (spec.paused)"
 	}
 	return &cobra.Command{
-		Use:     verb + " <configuration|fleet>",
-		Short:   short,
-		Example: fmt.Sprintf("  nio %s worker-config\n  nio %s fleet/web", verb, verb),
-		Args:    cobra.ExactArgs(1),
+		Use:               verb + " <configuration|fleet>",
+		Short:             short,
+		Example:           fmt.Sprintf("  nio %s worker-config\n  nio %s fleet/web", verb, verb),
+		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeFirst(kindConfiguration, kindFleet),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())
@@ -276,8 +276,8 @@ func newReinstall(g *globals) *cobra.Command {
 		Long: `reinstall lets a fullInstall configuration run nixos-anywhere once more: it
 re-partitions and re-installs the Machine, wiping its disks. It asks for
 confirmation (type the configuration's name) unless --yes.`,
-		Example: "  nio reinstall worker-config\n  nio reinstall worker-config --yes",
-		Args:    cobra.ExactArgs(1),
+		Example:           "  nio reinstall worker-config\n  nio reinstall worker-config --yes",
+		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeFirst(kindConfiguration),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := g.ctx(cmd.Context())

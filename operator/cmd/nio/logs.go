@@ -42,7 +42,7 @@ With -f, the exit code says how the operation ended: 0 succeeded, 5 it did not.`
 		Example: `  nio logs -f worker-config
   nio logs machine/worker-01 --previous
   NIO_OPERATOR_URL=https://127.0.0.1:9444 NIO_OPERATOR_CA=ca.crt nio logs -f worker-config`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeFirst(kindConfiguration, kindMachine),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, ns, err := g.client()

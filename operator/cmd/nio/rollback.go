@@ -41,7 +41,7 @@ It asks for confirmation (type the Machine's name) unless --yes. --wait waits fo
 the operator's verdict (exit 5 when the rollback was refused or failed).`,
 		Example: `  nio rollback worker-01 --wait
   nio rollback worker-01 --to-generation 41 --yes`,
-		Args: cobra.ExactArgs(1),
+		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: g.completeFirst(kindMachine),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			what, gen := "previous", "the previous generation"
