@@ -8,6 +8,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -38,6 +40,7 @@ var version = "dev"
 
 type options struct {
 	metricsAddr, probeAddr   string
+	pprof                    bool
 	leaderElect              bool
 	namespace                string
 	watchNamespaces          string
@@ -65,6 +68,7 @@ type options struct {
 func main() {
 	var o options
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "Address of the Prometheus metrics endpoint (0 disables it).")
+	flag.BoolVar(&o.pprof, "pprof", false, "Serve Go's profiles (/debug/pprof/) beside the metrics, for diagnosing CPU and memory.")
 	flag.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "Address of /healthz and /readyz.")
 	flag.BoolVar(&o.leaderElect, "leader-elect", false, "Elect a leader so only one replica reconciles (set in the Deployment).")
 	flag.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "nixos-operator-system"), "The operator's own namespace: its CA Secret, leader lease and webhook Secret.")
@@ -139,7 +143,7 @@ func run(ctx context.Context, o options) error {
 		Scheme:                  scheme,
 		Cache:                   cacheOpts,
 		Client:                  controller.ClientOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: o.metricsAddr},
+		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.probeAddr,
 		LeaderElection:          o.leaderElect,
 		LeaderElectionID:        "nio-operator.nio.homystack.com",
@@ -226,4 +230,16 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	return nil
+}
+
+// metricsOptions serves the metrics, and with --pprof Go's profiles beside them.
+func metricsOptions(o options) metricsserver.Options {
+	opts := metricsserver.Options{BindAddress: o.metricsAddr}
+	if o.pprof {
+		opts.ExtraHandlers = map[string]http.Handler{
+			"/debug/pprof/":        http.HandlerFunc(pprof.Index),
+			"/debug/pprof/profile": http.HandlerFunc(pprof.Profile),
+		}
+	}
+	return opts
 }

@@ -98,6 +98,9 @@ func startStack(ctx context.Context, o stackOptions) (_ *stack, err error) {
 		"--webhook-secret", webhookSecretName,
 		"--ca-secret", caSecretName,
 		"--concurrency", strconv.Itoa(o.concurrency),
+		// Profiles on the metrics address, to see where CPU and memory go; serving
+		// them changes nothing else.
+		"--pprof",
 	}
 	if o.probeInterval > 0 {
 		// Only when asked: the benchmark runs the operator's default otherwise.
