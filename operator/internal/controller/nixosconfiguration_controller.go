@@ -167,7 +167,11 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 
 	// A forced pass reads everything anew (a fresh listing too); the others may
 	// take what is unchanged from the render memo.
-	src, err := r.resolve(ctx, obj, machine, force)
+	mode := resolveMemoized
+	if force {
+		mode = resolveFresh
+	}
+	src, err := r.resolve(ctx, obj, machine, mode)
 	if err != nil {
 		return outcome.Success{}, err
 	}
@@ -176,7 +180,7 @@ func (r *NixosConfigurationReconciler) reconcile(ctx context.Context, sw *status
 	}
 	full := func() error {
 		if src.partial {
-			src, err = r.resolve(ctx, obj, machine, true)
+			src, err = r.resolve(ctx, obj, machine, resolveFull)
 		}
 		return err
 	}

@@ -90,7 +90,7 @@ func (r *NixosConfigurationReconciler) applyRemoval(ctx context.Context, sw *sta
 	if err != nil {
 		return r.removalFailed(obj, m, err, "")
 	}
-	src, err := r.resolveSource(ctx, obj, m)
+	src, err := r.resolveSource(ctx, obj, m, r.interval(obj))
 	if err == nil && src.waitingFor != "" {
 		err = errors.New(src.waitingFor)
 	}

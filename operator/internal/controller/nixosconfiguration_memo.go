@@ -113,7 +113,7 @@ func (r *NixosConfigurationReconciler) resolveMemo(ctx context.Context, obj *nio
 	k := client.ObjectKeyFromObject(obj)
 	key, ok := r.inputsKey(ctx, obj, m)
 	if !ok {
-		return r.resolveSource(ctx, obj, m)
+		return r.resolveSource(ctx, obj, m, r.interval(obj))
 	}
 	if e, hit := r.memo.get(k, key); hit {
 		// The repository is listed once per interval for all its configurations;
@@ -127,7 +127,7 @@ func (r *NixosConfigurationReconciler) resolveMemo(ctx context.Context, obj *nio
 				secretsDigest: e.secretsDigest, partial: true}, nil
 		}
 	}
-	src, err := r.resolveSource(ctx, obj, m)
+	src, err := r.resolveSource(ctx, obj, m, r.interval(obj))
 	if err != nil || src.waitingFor != "" || src.facterPath != "" {
 		r.memo.forget(k)
 		return src, err

@@ -44,14 +44,33 @@ type resolvedSource struct {
 	partial bool
 }
 
+// How a pass resolves its source (resolve).
+type resolveMode int
+
+const (
+	// resolveMemoized may take the digests from the render memo; the refs are
+	// listed at most once per interval for the repository.
+	resolveMemoized resolveMode = iota
+	// resolveFull reads and renders everything (a pass about to apply), with the
+	// same listing.
+	resolveFull
+	// resolveFresh is resolveFull with a new listing (a forced pass).
+	resolveFresh
+)
+
 // resolve resolves spec.ref, collects the additional files and renders the archive,
 // setting status.latestCommit and the SourceReady condition.
-func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, full bool) (*resolvedSource, error) {
-	resolve := r.resolveMemo
-	if full {
-		resolve = r.resolveSource
+func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, mode resolveMode) (*resolvedSource, error) {
+	var src *resolvedSource
+	var err error
+	switch mode {
+	case resolveMemoized:
+		src, err = r.resolveMemo(ctx, obj, m)
+	case resolveFull:
+		src, err = r.resolveSource(ctx, obj, m, r.interval(obj))
+	default:
+		src, err = r.resolveSource(ctx, obj, m, 0)
 	}
-	src, err := resolve(ctx, obj, m)
 	if err != nil {
 		reason := ReasonSourceFailed
 		var st *outcome.Stalling
@@ -68,7 +87,9 @@ func (r *NixosConfigurationReconciler) resolve(ctx context.Context, obj *nio.Nix
 	return src, nil
 }
 
-func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine) (*resolvedSource, error) {
+// resolveSource resolves with a listing of the refs up to maxAge old, and reads and
+// renders everything.
+func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *nio.NixosConfiguration, m *nio.Machine, maxAge time.Duration) (*resolvedSource, error) {
 	src := &resolvedSource{}
 	var creds map[string][]byte
 	if ref := obj.Spec.CredentialsRef; ref != nil {
@@ -86,7 +107,7 @@ func (r *NixosConfigurationReconciler) resolveSource(ctx context.Context, obj *n
 		return nil, err
 	}
 	src.repo = repo
-	commit, err := r.resolveRef(ctx, obj, repo, 0)
+	commit, err := r.resolveRef(ctx, obj, repo, maxAge)
 	if err != nil {
 		return nil, err
 	}
