@@ -108,12 +108,13 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		d := &net.Dialer{}
 		cfg.Dialer = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
-	return &Agent{cfg: cfg, tls: &tls.Config{
+	a := &Agent{cfg: cfg, tls: &tls.Config{
 		MinVersion:           tls.VersionTLS13,
 		RootCAs:              cfg.RootCAs,
 		ServerName:           identity.MachineDNSName(cfg.Namespace, cfg.Name),
 		GetClientCertificate: cfg.GetClientCertificate,
-	}}, nil
+	}}
+	return a, nil
 }
 
 // ServerName is the name the agent's certificate must carry.
@@ -189,7 +190,12 @@ func (s *connState) fail(err error) {
 
 func (a *Agent) dial() (*agentConn, error) {
 	c := &agentConn{}
-	creds := &trackingCreds{TransportCredentials: credentials.NewTLS(a.tls), cc: c}
+	tlsConfig := a.tls
+	if a.cfg.Pool != nil {
+		tlsConfig = a.tls.Clone()
+		tlsConfig.ClientSessionCache = a.cfg.Pool.sessionCache()
+	}
+	creds := &trackingCreds{TransportCredentials: credentials.NewTLS(tlsConfig), cc: c, pool: a.cfg.Pool}
 	cc, err := grpc.NewClient("passthrough:///"+a.cfg.Address,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
@@ -224,7 +230,8 @@ func (a *Agent) dial() (*agentConn, error) {
 // travels with the call as the peer's AuthInfo (trackedInfo).
 type trackingCreds struct {
 	credentials.TransportCredentials
-	cc *agentConn
+	cc   *agentConn
+	pool *AgentPool // nil: not pooled
 }
 
 func (c *trackingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -238,12 +245,13 @@ func (c *trackingCreds) ClientHandshake(ctx context.Context, authority string, r
 		_ = conn.Close()
 		return nil, nil, fmt.Errorf("agent transport: unexpected TLS handshake information %T", info)
 	}
+	c.pool.countHandshake(tlsInfo.State.DidResume)
 	state := &connState{cc: c.cc}
 	return &trackedConn{Conn: conn, state: state}, trackedInfo{TLSInfo: tlsInfo, state: state}, nil
 }
 
 func (c *trackingCreds) Clone() credentials.TransportCredentials {
-	return &trackingCreds{TransportCredentials: c.TransportCredentials.Clone(), cc: c.cc}
+	return &trackingCreds{TransportCredentials: c.TransportCredentials.Clone(), cc: c.cc, pool: c.pool}
 }
 
 // trackedInfo is the TLS information of a tracked connection, with its state.

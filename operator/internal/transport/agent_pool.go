@@ -1,13 +1,17 @@
 package transport
 
 import (
+	"crypto/tls"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+
+	"github.com/homystack/nio/api/identity"
 )
 
 // Defaults of AgentPool.
@@ -20,6 +24,9 @@ const (
 	// a minute each.
 	DefaultAgentIdleTimeout = 10 * time.Second
 	DefaultAgentMaxLifetime = time.Hour
+	// DefaultAgentSessionCacheSize holds a TLS session for 10 000 agents (a few KB
+	// each).
+	DefaultAgentSessionCacheSize = 10000
 )
 
 // AgentPool keeps one mTLS connection per Machine's agent, shared by the calls of
@@ -42,8 +49,50 @@ type AgentPool struct {
 	// sides check again, after a rotation or a change of trust.
 	MaxLifetime time.Duration
 
-	mu    sync.Mutex
-	conns map[machineKey]*pooledConn
+	// SessionCacheSize is how many agents' TLS sessions are kept for resumption
+	// (default DefaultAgentSessionCacheSize).
+	SessionCacheSize int
+
+	mu           sync.Mutex
+	conns        map[machineKey]*pooledConn
+	sessionsOnce sync.Once
+	sessions     tls.ClientSessionCache
+
+	handshakes, resumed atomic.Int64
+}
+
+// countHandshake counts a TLS handshake of an agent connection (nil pool: none).
+func (p *AgentPool) countHandshake(resumed bool) {
+	if p == nil {
+		return
+	}
+	p.handshakes.Add(1)
+	if resumed {
+		p.resumed.Add(1)
+	}
+}
+
+// Handshakes is how many TLS handshakes the pool's agents made, and how many of them
+// resumed a session.
+func (p *AgentPool) Handshakes() (all, resumed int64) {
+	return p.handshakes.Load(), p.resumed.Load()
+}
+
+// sessionCache is the pool's TLS session cache: a connection dialed again (after
+// IdleTimeout, and every Confirm) resumes the agent's last session, a handshake
+// without certificate signatures or chain checks (the agent checks the operator's
+// identity on resumption too: VerifyConnection runs). Keyed by the agent's server
+// name, one per Machine; a renewed agent certificate forgets its entry (Forget).
+// (A connection is dialed under mu: the cache has a lock of its own.)
+func (p *AgentPool) sessionCache() tls.ClientSessionCache {
+	p.sessionsOnce.Do(func() {
+		n := p.SessionCacheSize
+		if n <= 0 {
+			n = DefaultAgentSessionCacheSize
+		}
+		p.sessions = tls.NewLRUClientSessionCache(n)
+	})
+	return p.sessions
 }
 
 type machineKey struct{ namespace, name string }
@@ -158,14 +207,16 @@ func (c *pooledConn) closeLocked() {
 	}
 }
 
-// Forget drops the connection of Machine namespace/name: the Machine is gone, or its
-// agent disabled.
+// Forget drops the connection of Machine namespace/name and its TLS session: the
+// Machine is gone, its agent disabled, or its certificate renewed (a resumed session
+// would skip checking the new one).
 func (p *AgentPool) Forget(namespace, name string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c := p.conns[machineKey{namespace: namespace, name: name}]; c != nil {
 		p.dropLocked(c)
 	}
+	p.sessionCache().Put(identity.MachineDNSName(namespace, name), nil)
 }
 
 // Close drops every connection (the operator stops).

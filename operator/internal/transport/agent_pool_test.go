@@ -297,3 +297,36 @@ func TestPoolClosesADroppedConnectionWhenItsLastCallEnds(t *testing.T) {
 		t.Fatal("a connection whose call failed in transport was kept")
 	}
 }
+
+// TestRedialedAgentConnectionsResumeTheTLSSession: a connection dialed again after
+// the idle timeout resumes the agent's TLS session (no certificate signatures), and
+// still reaches the agent; Forget (a deleted Machine, a renewed certificate) forgets
+// the session, so the next handshake is a full one that checks the certificate.
+func TestRedialedAgentConnectionsResumeTheTLSSession(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	h := startAgent(t, certtest.NewCA(t), "web")
+	conns := countConnections(t, h.addr)
+	pool := &AgentPool{IdleTimeout: 200 * time.Millisecond}
+	t.Cleanup(pool.Close)
+	a := h.pooledAgent(t, "web", pool, conns)
+	status := func() {
+		t.Helper()
+		if _, err := a.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the idle connection is closed", func() bool { return pool.Len() == 0 })
+	}
+
+	status()
+	status()
+	status()
+	if all, resumed := pool.Handshakes(); all != 3 || resumed != 2 {
+		t.Fatalf("%d handshakes, %d resumed; want 3, the last 2 resumed", all, resumed)
+	}
+	pool.Forget(testNamespace, "web")
+	status()
+	if all, resumed := pool.Handshakes(); all != 4 || resumed != 2 {
+		t.Fatalf("after Forget: %d handshakes, %d resumed; want a full one", all, resumed)
+	}
+}
