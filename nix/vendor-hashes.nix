@@ -3,6 +3,6 @@
 # `make nix-check` fails when it is stale. A stale hash also fails `nix build` with
 # "hash mismatch … got: sha256-…".
 {
-  agent = "sha256-WYYkhoWzCubyzC4Ih+7WtLOxV82FfE/ilkAdEDzft0o=";
-  operator = "sha256-HI/3xBl18AA9UGK3OH2cu03PNykYYVWlc/qYLfiggsI=";
+  agent = "sha256-fBF8goad82V8U8IPCTjE690oqEDkAvqYzcN9BFkD0kI=";
+  operator = "sha256-moKea0KGm2GDdMza/MxLtr8ZOkzO0n/fUcrMa4/+wMY=";
 }
