@@ -11,7 +11,7 @@ import (
 	"github.com/homystack/nio/testkit/nixtest"
 )
 
-// (Before step 8: the fleet takes the guide's worker-01 from worker-config.)
+// (Before step 5, which deletes worker-config.)
 //
 // nio logs -f follows a real build on the demo host to its end, each line prefixed
 // by its phase, as a user who may get the configuration; a user without RBAC in
