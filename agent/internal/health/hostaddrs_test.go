@@ -3,6 +3,7 @@ package health
 import (
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -41,6 +42,9 @@ func TestHostAddrsAgreesWithInterfaceAddrs(t *testing.T) {
 	}
 	ifaddrs, err := net.InterfaceAddrs()
 	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no netlink here:", err) // CI machines have it: never skip there
+		}
 		t.Skip("no netlink here:", err)
 	}
 	for _, a := range ifaddrs {

@@ -236,6 +236,9 @@ func localAddress(t *testing.T) string {
 			return n.IP.String()
 		}
 	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("no non-loopback IPv4 address for the Service's endpoint") // CI machines have it: never skip there
+	}
 	t.Skip("no non-loopback IPv4 address for the Service's endpoint")
 	return ""
 }
