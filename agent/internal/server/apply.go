@@ -361,14 +361,8 @@ func (s *Server) execute(op *operation, archivePath string) {
 	}
 
 	x := s.cfg.Executor
-	prevGen, err := x.Generation()
-	if err != nil {
-		s.fail(op, err.Error())
-		return
-	}
-	prevSystem, err := x.CurrentSystem()
-	if err != nil {
-		s.fail(op, err.Error())
+	prevGen, prevSystem, ok := s.previousSystem(op)
+	if !ok {
 		return
 	}
 

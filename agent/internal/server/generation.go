@@ -64,14 +64,8 @@ func (s *Server) executeGeneration(op *operation) {
 	}
 
 	x := s.cfg.Executor
-	prevGen, err := x.Generation()
-	if err != nil {
-		s.fail(op, err.Error())
-		return
-	}
-	prevSystem, err := x.CurrentSystem()
-	if err != nil {
-		s.fail(op, err.Error())
+	prevGen, prevSystem, ok := s.previousSystem(op)
+	if !ok {
 		return
 	}
 	gens, err := x.Generations()
@@ -134,4 +128,20 @@ func listGenerations(gens []nixos.Generation) string {
 		nums[i] = strconv.FormatInt(g.Number, 10)
 	}
 	return strings.Join(nums, ", ")
+}
+
+// previousSystem is the profile's generation and the running system before op
+// changes them (what a rollback goes back to); on an error op has failed.
+func (s *Server) previousSystem(op *operation) (int64, string, bool) {
+	gen, err := s.cfg.Executor.Generation()
+	if err != nil {
+		s.fail(op, err.Error())
+		return 0, "", false
+	}
+	system, err := s.cfg.Executor.CurrentSystem()
+	if err != nil {
+		s.fail(op, err.Error())
+		return 0, "", false
+	}
+	return gen, system, true
 }
