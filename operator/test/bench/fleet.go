@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -41,6 +42,14 @@ type fleetOptions struct {
 	roundTimeout time.Duration
 	dir, bin     string
 	log          *slog.Logger
+	// profileDir, when set, receives CPU profiles of the operator and
+	// kube-apiserver over the first profileSeconds of every timed round.
+	profileDir     string
+	profileSeconds int
+}
+
+func (o fleetOptions) profiler(st *stack, sim *fleetSim) *profiler {
+	return &profiler{dir: o.profileDir, seconds: o.profileSeconds, st: st, simURL: "http://" + sim.ready.Stats}
 }
 
 // Spread is a distribution of per-machine durations, in seconds.
@@ -73,6 +82,9 @@ type Round struct {
 	// APIRequestsPerApply divides it by the machines.
 	APIRequests         float64 `json:"apiRequests"`
 	APIRequestsPerApply float64 `json:"apiRequestsPerApply"`
+	// OperatorPeakRSSMiB is the operator's highest RSS seen in the round (sampled
+	// every 250 ms).
+	OperatorPeakRSSMiB float64 `json:"operatorPeakRSSMiB,omitempty"`
 	// OperatorCPUSeconds is the operator's utime+stime in the round.
 	OperatorCPUSeconds float64 `json:"operatorCPUSeconds"`
 	// CPUSeconds is the CPU time of every child process in the round, by command
@@ -137,6 +149,23 @@ func (f *fleetSim) stats(ctx context.Context) (map[string]machineStats, error) {
 	}
 	return s.Machines, nil
 }
+
+// simStateDir makes the directory of the simulated hosts' state (each agent's
+// journal, certificates' renewals, unpacked sources) on /dev/shm when that is a
+// tmpfs, else under dir. Each real host writes and fsyncs its journal on its own disk;
+// N simulated hosts fsyncing on the benchmark machine's one disk would charge the
+// shared cores for a cost no operator sees.
+func simStateDir(dir string) (string, error) {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &fs); err == nil && fs.Type == tmpfsMagic {
+		return os.MkdirTemp("/dev/shm", "nio-bench-agents-")
+	}
+	d := filepath.Join(dir, "agents")
+	return d, os.MkdirAll(d, 0o700)
+}
+
+// tmpfsMagic is TMPFS_MAGIC, statfs(2)'s f_type of a tmpfs.
+const tmpfsMagic = 0x01021994
 
 func machineName(i int) string { return fmt.Sprintf("sim-%04d", i) }
 
@@ -214,10 +243,15 @@ func runFleet(ctx context.Context, o fleetOptions) (res FleetResult, err error) 
 	}
 	res.FacterReportBytes = len(facterReport)
 	readyPath := filepath.Join(o.dir, "ready.json")
+	agentsDir, err := simStateDir(o.dir)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(agentsDir)
 	sim := &fleetSim{}
 	sim.p, err = startProcess("nio-fleet-sim", filepath.Join(o.dir, "fleet-sim.log"), os.Environ(),
 		filepath.Join(o.bin, "nio-fleet-sim"), "-manifest", manifestPath, "-ready", readyPath,
-		"-state-dir", filepath.Join(o.dir, "agents"), "-build-time", o.buildTime.String(), "-facter-report", facterPath)
+		"-state-dir", agentsDir, "-build-time", o.buildTime.String(), "-facter-report", facterPath)
 	if err != nil {
 		return res, err
 	}

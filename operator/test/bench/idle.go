@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -118,6 +119,9 @@ func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, 
 	g0, u0, c0, ssh0 := git.counts(), st.usage(), childCPU(), ssh.count()
 	t0 := time.Now()
 	o.log.Info("idle round", "machines", o.machines, "for", o.idle)
+	prof := o.profiler(st, sim)
+	prof.start(ctx, fmt.Sprintf("%d-idle", o.machines))
+	defer prof.wait()
 	select {
 	case <-time.After(o.idle):
 	case <-ctx.Done():

@@ -74,6 +74,8 @@ func main() {
 	nixRuns := flag.Int("nix-runs", 5, "NIO-vs-direct repetitions of each side (0 skips the Nix benchmark)")
 	nixWork := flag.Int("nix-work-mib", 600, "MiB the fixture's build hashes (its CPU work)")
 	workDir := flag.String("work-dir", "", "scratch directory (default: a new temporary directory, removed afterwards)")
+	profileDir := flag.String("profile-dir", "", "write CPU profiles of the operator and kube-apiserver, one per timed round, into this directory")
+	profileSeconds := flag.Int("profile-seconds", 20, "length of each -profile-dir profile, from the round's start")
 	replot := flag.String("replot", "", "only redraw the plot (and reprint the report) of this results file")
 	flag.Parse()
 
@@ -91,7 +93,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	o := runOptions{sizes: *sizes, idleSizes: *idleSizes, buildTime: *buildTime, concurrency: *concurrency, probeInterval: *probeInterval,
-		idle: *idle, fleetRounds: *fleetRounds, roundTimeout: *roundTimeout, out: *out, nixRuns: *nixRuns, nixWork: *nixWork, workDir: *workDir}
+		idle: *idle, fleetRounds: *fleetRounds, roundTimeout: *roundTimeout, out: *out, nixRuns: *nixRuns, nixWork: *nixWork, workDir: *workDir,
+		profileDir: *profileDir, profileSeconds: *profileSeconds}
 	if err := run(ctx, log, o); err != nil {
 		log.Error("bench failed", "err", err)
 		os.Exit(1)
@@ -109,6 +112,8 @@ type runOptions struct {
 	out                 string
 	nixRuns, nixWork    int
 	workDir             string
+	profileDir          string
+	profileSeconds      int
 }
 
 // fleetSizes parses a comma-separated list of fleet sizes.
@@ -180,6 +185,7 @@ func run(ctx context.Context, log *slog.Logger, o runOptions) error {
 			machines: n, buildTime: buildTime, concurrency: concurrency, probeInterval: probeInterval,
 			idle: idleFor(n, idleNs, o.idle), fleetRounds: o.fleetRounds,
 			roundTimeout: roundTimeout, dir: filepath.Join(workDir, fmt.Sprintf("fleet-%d", n)), bin: bin, log: log.With("machines", n),
+			profileDir: o.profileDir, profileSeconds: o.profileSeconds,
 		})
 		if err != nil {
 			r.Error = err.Error()

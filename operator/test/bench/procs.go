@@ -267,3 +267,37 @@ func childCPU() map[string]float64 {
 	}
 	return out
 }
+
+// rssSampler follows a process's RSS every 250 ms until stopped: the peak within
+// one round (VmHWM is the peak of the whole run).
+type rssSampler struct {
+	stop chan struct{}
+	done chan float64
+}
+
+func sampleRSS(pid int) *rssSampler {
+	s := &rssSampler{stop: make(chan struct{}), done: make(chan float64, 1)}
+	go func() {
+		peak := 0.0
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if u, err := readProc(pid); err == nil && u.RSSMiB > peak {
+				peak = u.RSSMiB
+			}
+			select {
+			case <-t.C:
+			case <-s.stop:
+				s.done <- peak
+				return
+			}
+		}
+	}()
+	return s
+}
+
+// peak stops the sampler and returns the highest RSS it saw, in MiB.
+func (s *rssSampler) peak() float64 {
+	close(s.stop)
+	return <-s.done
+}

@@ -40,8 +40,13 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 	case res := <-out:
 		return r, res.err
 	}
+	prof := o.profiler(st, sim)
+	prof.start(ctx, fmt.Sprintf("%d-%s", o.machines, name))
+	defer prof.wait()
+	rss := sampleRSS(st.op.pid())
 	t0 := time.Now()
 	if err := action(); err != nil {
+		rss.peak()
 		cancel()
 		<-out
 		return r, fmt.Errorf("%s: %w", name, err)
@@ -50,6 +55,7 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 	o.log.Info("round started", "round", name, "machines", o.machines, "action_s", r.ActionSeconds)
 	res := <-out
 	r.WallSeconds, r.CPUSeconds = time.Since(t0).Seconds(), cpuDelta(c0, childCPU())
+	r.OperatorPeakRSSMiB = rss.peak()
 	durations := make([]float64, 0, len(res.at))
 	r.doneAt = make(map[string]float64, len(res.at))
 	for name, at := range res.at {
@@ -82,7 +88,7 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 			r.PushToFirstApplySeconds = time.Duration(first - t0.UnixNano()).Seconds()
 		}
 	}
-	o.log.Info("round done", "round", name, "total_s", r.TotalSeconds, "p50_s", r.Converge.P50, "first_apply_s", r.PushToFirstApplySeconds,
+	o.log.Info("round done", "round", name, "operator_peak_rss_mib", r.OperatorPeakRSSMiB, "total_s", r.TotalSeconds, "p50_s", r.Converge.P50, "first_apply_s", r.PushToFirstApplySeconds,
 		"git", r.Git, "source_bytes", r.SourceBytes, "api_per_apply", r.APIRequestsPerApply)
 	if res.err != nil {
 		return r, fmt.Errorf("%s: %w", name, res.err)
