@@ -3,12 +3,17 @@ package controller
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"reflect"
 	"time"
 
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 )
@@ -74,20 +79,18 @@ func (w *statusWriter) guard(ctx context.Context, obj client.Object) error {
 }
 
 // write patches obj's status if it differs from the last write, and says whether it
-// did.
+// did. The patch is computed from the two statuses alone: a pass that changed
+// nothing (most Machine passes after a probe) costs a comparison, not two JSON
+// encodings and a diff of the whole object.
 func (w *statusWriter) write(ctx context.Context, obj client.Object) (bool, error) {
-	patch := client.MergeFrom(w.base)
-	if w.optimistic {
-		patch = client.MergeFromWithOptions(w.base, client.MergeFromWithOptimisticLock{})
-	}
-	data, err := patch.Data(obj)
+	data, err := statusPatch(w.base, obj, w.optimistic)
 	if err != nil {
 		return false, fmt.Errorf("status patch: %w", err)
 	}
-	if !changesStatus(data) {
+	if data == nil {
 		return false, nil
 	}
-	if err := w.c.Status().Patch(ctx, obj, patch); err != nil {
+	if err := w.c.Status().Patch(ctx, obj, client.RawPatch(types.MergePatchType, data)); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil // deleted during the pass
 		}
@@ -97,10 +100,46 @@ func (w *statusWriter) write(ctx context.Context, obj client.Object) (bool, erro
 	return true, nil
 }
 
-// changesStatus tells whether a merge patch touches .status (an optimistic patch
-// always carries metadata.resourceVersion, so metadata alone says nothing).
-func changesStatus(patch []byte) bool {
-	return bytes.Contains(patch, []byte(`"status"`))
+// statusPatch is the JSON merge patch taking base's status to obj's (nil when they
+// are the same); optimistic adds base's resourceVersion, so the API server refuses
+// the patch if the object changed since base was read. obj must be a pointer to a
+// struct with a Status field (every object a statusWriter writes).
+func statusPatch(base, obj client.Object, optimistic bool) ([]byte, error) {
+	before, after := statusOf(base), statusOf(obj)
+	if !before.IsValid() || !after.IsValid() {
+		return nil, fmt.Errorf("%T has no status", obj)
+	}
+	if equality.Semantic.DeepEqual(before.Interface(), after.Interface()) {
+		return nil, nil
+	}
+	from, err := json.Marshal(before.Interface())
+	if err != nil {
+		return nil, err
+	}
+	to, err := json.Marshal(after.Interface())
+	if err != nil {
+		return nil, err
+	}
+	diff, err := jsonpatch.CreateMergePatch(from, to)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Equal(diff, []byte("{}")) {
+		return nil, nil // equal once encoded (times differing below a second)
+	}
+	patch := map[string]any{"status": json.RawMessage(diff)}
+	if optimistic {
+		patch["metadata"] = map[string]string{"resourceVersion": base.GetResourceVersion()}
+	}
+	return json.Marshal(patch)
+}
+
+func statusOf(obj client.Object) reflect.Value {
+	v := reflect.ValueOf(obj)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return reflect.Value{}
+	}
+	return v.Elem().FieldByName("Status")
 }
 
 // clockNow is now from a reconciler's Now (tests set it), or the wall clock.
