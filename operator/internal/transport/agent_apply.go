@@ -347,7 +347,13 @@ func (a *Agent) sendSource(stream agentv1.AgentService_ApplyClient, st *applySta
 		return fmt.Errorf("open source: %w", err)
 	}
 	defer rc.Close()
-	buf := make([]byte, a.cfg.ChunkSize)
+	// A source smaller than a chunk (most are: a flake's files) gets a buffer of its
+	// size: a hundred applies in flight must not each hold 256 KiB for 9 KB.
+	size := a.cfg.ChunkSize
+	if n := st.req.Source.Size; n > 0 && n < int64(size) {
+		size = int(n) + 1 // one byte more: the read that fills it then sees EOF
+	}
+	buf := make([]byte, size)
 	for {
 		n, rerr := io.ReadFull(rc, buf)
 		if n > 0 {
