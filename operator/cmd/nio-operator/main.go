@@ -183,6 +183,7 @@ func run(ctx context.Context, o options) error {
 		SSH: transport.SSHConfig{StateDir: o.sshStateDir, AgentTLSDir: o.agentTLSDir},
 	}
 	defer hosts.Close() // the agent connections, one per Machine
+	controller.RegisterAgentConnectionMetrics(metrics.Registry, hosts.AgentStats)
 	recorder := mgr.GetEventRecorder("nio-operator")
 	srcs := &controller.Sources{Cache: sources}
 	trigger := controller.NewTrigger(mgr.GetClient(), srcs)

@@ -146,3 +146,21 @@ func RegisterSourceMetrics(reg prometheus.Registerer, c *source.Cache) {
 		}, func() float64 { return float64(c.Stats().Repos) }),
 	)
 }
+
+// RegisterAgentConnectionMetrics exposes the agent connections' TLS handshakes and
+// how many connections are open (stats: hostconn.Factory.AgentStats). Handshakes per
+// apply and per probe are what an agent connection costs the operator's CPU; open
+// connections what it costs its memory.
+func RegisterAgentConnectionMetrics(reg prometheus.Registerer, stats func() (handshakes, resumed int64, open int)) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nio_agent_tls_handshakes_total", Help: "TLS handshakes of connections to agents.",
+		}, func() float64 { h, _, _ := stats(); return float64(h) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "nio_agent_tls_resumed_handshakes_total", Help: "TLS handshakes to agents that resumed a session (no certificate checks).",
+		}, func() float64 { _, r, _ := stats(); return float64(r) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nio_agent_connections", Help: "Connections to agents the operator holds open.",
+		}, func() float64 { _, _, n := stats(); return float64(n) }),
+	)
+}

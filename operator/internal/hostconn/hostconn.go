@@ -52,6 +52,14 @@ func (f *Factory) agentPool() *transport.AgentPool {
 	return f.pool
 }
 
+// AgentStats is how many TLS handshakes the agent connections made (and how many of
+// them resumed a session), and how many connections are open now.
+func (f *Factory) AgentStats() (handshakes, resumed int64, open int) {
+	p := f.agentPool()
+	handshakes, resumed = p.Handshakes()
+	return handshakes, resumed, p.Len()
+}
+
 // Open returns the Host of Machine m. A Machine with the agent disabled has no agent
 // way; one without sshKeySecretRef has no SSH way. Open reads nothing: a missing or
 // unparsable SSH key shows where SSH is first needed.

@@ -82,6 +82,9 @@ type Round struct {
 	// APIRequestsPerApply divides it by the machines.
 	APIRequests         float64 `json:"apiRequests"`
 	APIRequestsPerApply float64 `json:"apiRequestsPerApply"`
+	// TLSHandshakes are the operator's handshakes with agents in the round
+	// (nio_agent_tls_handshakes_total).
+	TLSHandshakes float64 `json:"tlsHandshakes"`
 	// OperatorPeakRSSMiB is the operator's highest RSS seen in the round (sampled
 	// every 250 ms).
 	OperatorPeakRSSMiB float64 `json:"operatorPeakRSSMiB,omitempty"`

@@ -84,6 +84,10 @@ type IdleRound struct {
 	FetchesPerMinute     float64            `json:"fetchesPerMinute"`
 	// SSHConnectionsPerMinute is what the SSH endpoint accepted.
 	SSHConnectionsPerMinute float64 `json:"sshConnectionsPerMinute"`
+	// TLSHandshakesPerMinute are the operator's handshakes with agents
+	// (nio_agent_tls_handshakes_total): one per probe while connections close
+	// between probes.
+	TLSHandshakesPerMinute float64 `json:"tlsHandshakesPerMinute"`
 	// Applies is how many Apply streams the agents received (0 expected).
 	Applies int `json:"applies"`
 	// Passes are the controllers' reconciles in the round, by controller.
@@ -147,6 +151,7 @@ func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, 
 		LsRemotesPerMinute:          perMin(float64(g.LsRemotes)),
 		FetchesPerMinute:            perMin(float64(g.Fetches)),
 		SSHConnectionsPerMinute:     perMin(float64(ssh.count() - ssh0)),
+		TLSHandshakesPerMinute:      perMin(m1["nio_agent_tls_handshakes_total"] - m0["nio_agent_tls_handshakes_total"]),
 		Passes:                      map[string]float64{},
 		CPUSeconds:                  cpuDelta(c0, childCPU()),
 	}
@@ -164,7 +169,7 @@ func measureIdle(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, 
 		r.Applies += len(s.ApplyHeaders) - len(s0[k].ApplyHeaders)
 	}
 	o.log.Info("idle round done", "cpu_s_per_min", r.OperatorCPUSecondsPerMinute, "api_per_min", r.APIRequestsPerMinute,
-		"by_method", r.APIRequestsByMethod, "ls_remotes_per_min", r.LsRemotesPerMinute, "ssh_per_min", r.SSHConnectionsPerMinute,
+		"by_method", r.APIRequestsByMethod, "ls_remotes_per_min", r.LsRemotesPerMinute, "ssh_per_min", r.SSHConnectionsPerMinute, "tls_handshakes_per_min", r.TLSHandshakesPerMinute,
 		"applies", r.Applies, "passes", r.Passes)
 	return r, nil
 }

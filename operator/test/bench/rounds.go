@@ -72,6 +72,7 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 	if merr == nil {
 		r.APIRequests = m1["rest_client_requests_total"] - m0["rest_client_requests_total"]
 		r.APIRequestsPerApply = r.APIRequests / float64(o.machines)
+		r.TLSHandshakes = m1["nio_agent_tls_handshakes_total"] - m0["nio_agent_tls_handshakes_total"]
 	}
 	if serr == nil {
 		first := int64(0)
@@ -88,7 +89,7 @@ func measure(ctx context.Context, st *stack, git *gitServer, sim *fleetSim, o fl
 			r.PushToFirstApplySeconds = time.Duration(first - t0.UnixNano()).Seconds()
 		}
 	}
-	o.log.Info("round done", "round", name, "operator_peak_rss_mib", r.OperatorPeakRSSMiB, "total_s", r.TotalSeconds, "p50_s", r.Converge.P50, "first_apply_s", r.PushToFirstApplySeconds,
+	o.log.Info("round done", "round", name, "operator_peak_rss_mib", r.OperatorPeakRSSMiB, "tls_handshakes", r.TLSHandshakes, "total_s", r.TotalSeconds, "p50_s", r.Converge.P50, "first_apply_s", r.PushToFirstApplySeconds,
 		"git", r.Git, "source_bytes", r.SourceBytes, "api_per_apply", r.APIRequestsPerApply)
 	if res.err != nil {
 		return r, fmt.Errorf("%s: %w", name, res.err)
