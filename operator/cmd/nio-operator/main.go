@@ -128,9 +128,10 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
-	// managedFields are never read: they would only weigh on the cache (1000s of
-	// objects, and the metadata of every Secret and ConfigMap watched).
-	cacheOpts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	// managedFields and kubectl's last applied configuration are never read: they
+	// would only weigh on the cache (1000s of objects, and the metadata of every
+	// Secret and ConfigMap watched).
+	cacheOpts := cache.Options{DefaultTransform: controller.CacheTransform()}
 	if o.watchNamespaces != "" {
 		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
 		for _, ns := range strings.Split(o.watchNamespaces, ",") {

@@ -4,7 +4,10 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -38,4 +41,30 @@ func (l *HostLocks) TryLock(m types.NamespacedName, holder string) (unlock func(
 // and neither do the nixos-facter reports (50–500 KB each, read once per render).
 func ClientOptions() client.Options {
 	return client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}}}}
+}
+
+// CacheTransform strips from every object the manager's cache holds what the
+// operator never reads: managedFields, and kubectl's last-applied-configuration
+// annotation (a second copy of the spec of every object applied with kubectl apply).
+// The operator writes with patches only, so a field missing from the cache is never
+// written back as removed.
+func CacheTransform() toolscache.TransformFunc {
+	strip := cache.TransformStripManagedFields()
+	return func(in any) (any, error) {
+		out, err := strip(in)
+		if err != nil {
+			return out, err
+		}
+		if obj, ok := out.(metav1.Object); ok {
+			if a := obj.GetAnnotations(); a != nil {
+				if _, ok := a[corev1.LastAppliedConfigAnnotation]; ok {
+					delete(a, corev1.LastAppliedConfigAnnotation)
+					if len(a) == 0 {
+						obj.SetAnnotations(nil)
+					}
+				}
+			}
+		}
+		return out, nil
+	}
 }
