@@ -25,8 +25,8 @@ const (
 	// for nothing but a saved handshake, 3 s about 250.
 	DefaultAgentIdleTimeout = 3 * time.Second
 	DefaultAgentMaxLifetime = time.Hour
-	// DefaultAgentSessionCacheSize holds a TLS session for 10 000 agents (a few KB
-	// each).
+	// DefaultAgentSessionCacheSize holds a TLS session for 10 000 agents (about 2 KB
+	// each, see sessionCache).
 	DefaultAgentSessionCacheSize = 10000
 )
 
@@ -91,7 +91,7 @@ func (p *AgentPool) sessionCache() tls.ClientSessionCache {
 		if n <= 0 {
 			n = DefaultAgentSessionCacheSize
 		}
-		p.sessions = tls.NewLRUClientSessionCache(n)
+		p.sessions = newSessionCache(n)
 	})
 	return p.sessions
 }
