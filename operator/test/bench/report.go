@@ -56,8 +56,11 @@ func targets(res Results) []Target {
 	}
 	if big != nil {
 		push, _ := round(*big, "push")
+		if big.Machines <= 1000 {
+			// 5000 has its own goal (above).
+			ts = append(ts, Target{"operator peak RSS", "≤ 300 MiB", fmt.Sprintf("%.0f MiB at %d machines", big.Operator.PeakRSSMiB, big.Machines), big.Operator.PeakRSSMiB <= 300})
+		}
 		ts = append(ts,
-			Target{"operator peak RSS", "≤ 300 MiB", fmt.Sprintf("%.0f MiB at %d machines", big.Operator.PeakRSSMiB, big.Machines), big.Operator.PeakRSSMiB <= 300},
 			Target{"git fetches per push", "1 per push per repo", fmt.Sprintf("%d fetch, %d ls-remote", push.Git.Fetches, push.Git.LsRemotes), push.Git.Fetches == 1},
 			Target{"push → first apply start", "≤ 1 s with the webhook", fmt.Sprintf("%.3f s", push.PushToFirstApplySeconds), push.PushToFirstApplySeconds >= 0 && push.PushToFirstApplySeconds <= 1},
 		)
