@@ -81,7 +81,12 @@ func (c *sessionCache) Get(key string) (*tls.ClientSessionState, bool) {
 			return cs, true
 		}
 	}
-	c.Put(key, nil)
+	c.mu.Lock()
+	if cur, ok := c.items[key]; ok && cur == e { // not a session Put meanwhile
+		c.order.Remove(e)
+		delete(c.items, key)
+	}
+	c.mu.Unlock()
 	return nil, false
 }
 

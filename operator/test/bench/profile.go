@@ -26,54 +26,41 @@ type profiler struct {
 	wg     sync.WaitGroup
 }
 
-// start profiles both processes for p.seconds from now, into
-// <dir>/<round>-<process>.pprof; wait waits for the files.
+// start profiles the processes for p.seconds from now, into
+// <dir>/<round>-<process>.pprof, and takes the operator's heap at the end of that
+// window (<round>-operator.heap); wait waits for the files.
 func (p *profiler) start(ctx context.Context, round string) {
 	if p == nil || p.dir == "" {
 		return
 	}
 	opURL := strings.TrimSuffix(p.st.metricsURL, "/metrics")
-	targets := map[string]func() (*http.Client, string, error){
-		"operator": func() (*http.Client, string, error) { return http.DefaultClient, opURL, nil },
-		"kube-apiserver": func() (*http.Client, string, error) {
-			c, err := rest.HTTPClientFor(p.st.env.Config)
-			return c, strings.TrimSuffix(p.st.env.Config.Host, "/"), err
-		},
+	profile := fmt.Sprintf("/debug/pprof/profile?seconds=%d", p.seconds)
+	p.run(ctx, http.DefaultClient, opURL+"/debug/pprof/heap", round+"-operator.heap", time.Duration(p.seconds)*time.Second)
+	p.run(ctx, http.DefaultClient, opURL+profile, round+"-operator.pprof", 0)
+	if p.simURL != "" {
+		p.run(ctx, http.DefaultClient, p.simURL+profile, round+"-nio-fleet-sim.pprof", 0)
 	}
-	// The operator's heap at the end of the CPU profile: what its memory holds
-	// while the round runs.
+	if c, err := rest.HTTPClientFor(p.st.env.Config); err != nil {
+		fmt.Fprintf(os.Stderr, "profile %s kube-apiserver: %v\n", round, err)
+	} else {
+		p.run(ctx, c, strings.TrimSuffix(p.st.env.Config.Host, "/")+profile, round+"-kube-apiserver.pprof", 0)
+	}
+}
+
+// run fetches url into file in the background, after delay.
+func (p *profiler) run(ctx context.Context, c *http.Client, url, file string, delay time.Duration) {
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		select {
-		case <-time.After(time.Duration(p.seconds) * time.Second):
+		case <-time.After(delay):
 		case <-ctx.Done():
 			return
 		}
-		if err := p.get(ctx, http.DefaultClient, opURL+"/debug/pprof/heap", filepath.Join(p.dir, round+"-operator.heap")); err != nil {
-			fmt.Fprintf(os.Stderr, "heap profile %s: %v\n", round, err)
+		if err := p.get(ctx, c, url, filepath.Join(p.dir, file)); err != nil {
+			fmt.Fprintf(os.Stderr, "profile %s: %v\n", file, err)
 		}
 	}()
-	if p.simURL != "" {
-		targets["nio-fleet-sim"] = func() (*http.Client, string, error) { return http.DefaultClient, p.simURL, nil }
-	}
-	for name, target := range targets {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			if err := p.fetch(ctx, target, filepath.Join(p.dir, round+"-"+name+".pprof")); err != nil {
-				fmt.Fprintf(os.Stderr, "profile %s %s: %v\n", round, name, err)
-			}
-		}()
-	}
-}
-
-func (p *profiler) fetch(ctx context.Context, target func() (*http.Client, string, error), file string) error {
-	c, base, err := target()
-	if err != nil {
-		return err
-	}
-	return p.get(ctx, c, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, p.seconds), file)
 }
 
 func (p *profiler) get(ctx context.Context, c *http.Client, url, file string) error {
